@@ -1,0 +1,127 @@
+//! The one HTTP error type. Every module's error maps here to a stable code and status;
+//! 5xx bodies are generic and the cause goes to the log.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::ingest::IngestError;
+use crate::sources::{NormalizeError, VerifyError};
+use crate::store::StoreError;
+
+/// An error answered as `{"error": {"code", "message"}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Signature(#[from] VerifyError),
+    #[error("{0}")]
+    Payload(#[from] NormalizeError),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error("unknown source '{0}'; known: pagerduty")]
+    UnknownSource(String),
+    #[error("source '{0}' is disabled in the configuration")]
+    SourceDisabled(String),
+    #[error("{0}")]
+    InvalidIncidentId(String),
+    #[error("no incident with id '{0}'")]
+    IncidentNotFound(String),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("no route for this path")]
+    RouteNotFound,
+    #[error("storage is unavailable; retry later")]
+    StorageUnavailable,
+    #[error("the service is overloaded; retry later")]
+    Overloaded,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Signature(VerifyError::Missing(_)) => "missing_signature",
+            ApiError::Signature(VerifyError::Stale) => "stale_timestamp",
+            ApiError::Signature(_) => "invalid_signature",
+            ApiError::Payload(NormalizeError::Empty) => "empty_body",
+            ApiError::Payload(NormalizeError::Malformed(_)) => "malformed_body",
+            ApiError::Payload(NormalizeError::Shape(_)) => "invalid_payload",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::BodyRead(_) => "malformed_body",
+            ApiError::UnknownSource(_) => "unknown_source",
+            ApiError::SourceDisabled(_) => "source_disabled",
+            ApiError::InvalidIncidentId(_) => "invalid_incident_id",
+            ApiError::IncidentNotFound(_) => "incident_not_found",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::RouteNotFound => "not_found",
+            ApiError::StorageUnavailable => "storage_unavailable",
+            ApiError::Overloaded => "overloaded",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The label used in `incidentpost_webhooks_rejected_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        self.code()
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Overloaded => ApiError::Overloaded,
+            IngestError::Storage | IngestError::ShuttingDown => ApiError::StorageUnavailable,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store read failed");
+        ApiError::StorageUnavailable
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) | ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Payload(_)
+            | ApiError::BodyRead(_)
+            | ApiError::InvalidIncidentId(_)
+            | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnknownSource(_)
+            | ApiError::SourceDisabled(_)
+            | ApiError::IncidentNotFound(_)
+            | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::StorageUnavailable | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = match self {
+            ApiError::Internal(detail) => {
+                tracing::error!(detail = %detail, "internal error");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::StorageUnavailable | ApiError::Overloaded) {
+            res.insert_header(("Retry-After", "5"));
+        }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            res.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        res.json(json!({"error": {"code": self.code(), "message": message}}))
+    }
+}

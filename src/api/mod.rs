@@ -1,0 +1,80 @@
+//! HTTP surface: one route table, thin handlers. Handlers extract, make one call into the
+//! core (ingest or store), and map the result; no storage or rendering code lives here.
+
+mod error;
+mod incidents;
+mod ops;
+mod webhooks;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use error::ApiError;
+
+use crate::config::Secret;
+use crate::domain::Source;
+use crate::ingest::Ingest;
+use crate::sources::WebhookSource;
+use crate::store::Store;
+
+/// Everything handlers need, shared by every worker.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub ingest: Ingest,
+    /// Enabled push sources by name.
+    pub sources: BTreeMap<Source, Arc<dyn WebhookSource>>,
+    /// Sources that exist but are turned off in config (answered 404 `source_disabled`).
+    pub disabled_sources: Vec<Source>,
+    pub api_token: Option<Secret>,
+    pub max_body_bytes: usize,
+    pub metrics: PrometheusHandle,
+}
+
+/// The route table: every route of the service is registered here.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::InvalidQuery(e.to_string()).into()),
+    )
+    .app_data(web::JsonConfig::default().error_handler(|e, _| {
+        ApiError::Payload(crate::sources::NormalizeError::Shape(e.to_string())).into()
+    }))
+    .route("/healthz", web::get().to(ops::healthz))
+    .route("/readyz", web::get().to(ops::readyz))
+    .route("/metrics", web::get().to(ops::metrics))
+    .route("/webhooks/{source}", web::post().to(webhooks::receive))
+    .route("/incidents", web::get().to(incidents::list))
+    .route("/incidents/{id}", web::get().to(incidents::get))
+    .route("/incidents/{id}/events", web::get().to(incidents::events))
+    .default_service(web::to(|| async {
+        Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound)
+    }));
+}
+
+/// Checks the bearer token of the read/edit API when one is configured.
+pub(crate) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(token) = &state.api_token else {
+        return Ok(());
+    };
+    let presented = req
+        .headers()
+        .get("Authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+    // Constant-time: compare HMACs of both under a fixed key rather than the bytes.
+    let a = crate::sources::signature::hmac_sha256(
+        b"incidentpost-token",
+        &[presented.trim().as_bytes()],
+    );
+    let b =
+        crate::sources::signature::hmac_sha256(b"incidentpost-token", &[token.expose().as_bytes()]);
+    if a == b {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("invalid bearer token".into()))
+    }
+}

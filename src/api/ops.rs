@@ -1,0 +1,41 @@
+//! `/healthz` (the process answers), `/readyz` (it can take webhooks), `/metrics`.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::AppState;
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let store = state.store.clone();
+    let storage = match web::block(move || store.check()).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    let queued = state.ingest.queued();
+    let ready = storage == "ok";
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "checks": {"storage": storage, "ingest_queue": queued},
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let store = state.store.clone();
+    if let Ok(Ok(open)) = web::block(move || store.open_incident_count()).await {
+        metrics::gauge!("incidentpost_open_incidents").set(open as f64);
+    }
+    metrics::gauge!("incidentpost_ingest_queue_depth").set(state.ingest.queued() as f64);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}

@@ -1,0 +1,121 @@
+//! `POST /webhooks/{source}`: read the raw body (bounded), verify, normalize, submit,
+//! answer 2xx only once the events are flushed.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::domain::Source;
+use crate::ingest::{Receipt, Submission};
+use crate::sources::Headers;
+
+pub async fn receive(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let name = path.into_inner();
+    let Ok(source) = name.parse::<Source>() else {
+        return Err(ApiError::UnknownSource(name.chars().take(64).collect()));
+    };
+    let label = source.as_str();
+    metrics::counter!("incidentpost_webhooks_received_total", "source" => label).increment(1);
+    let result = handle(&state, source, &req, payload).await;
+    match &result {
+        Ok(_) => {}
+        Err(e) => {
+            metrics::counter!("incidentpost_webhooks_rejected_total", "source" => label, "reason" => e.reason())
+                .increment(1);
+            tracing::warn!(source = label, code = e.code(), error = %e, "webhook rejected");
+        }
+    }
+    result
+}
+
+async fn handle(
+    state: &AppState,
+    source: Source,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let Some(handler) = state.sources.get(&source) else {
+        return Err(if state.disabled_sources.contains(&source) {
+            ApiError::SourceDisabled(source.to_string())
+        } else {
+            ApiError::UnknownSource(source.to_string())
+        });
+    };
+    let body = read_body(req, payload, state.max_body_bytes).await?;
+    let headers = Headers::new(
+        req.headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?.to_owned()))),
+    );
+    let now = Utc::now();
+    handler.verify(&headers, &body, now)?;
+    let normalized = handler.normalize(&headers, &body, now)?;
+    if let Some(reply) = normalized.reply {
+        return Ok(HttpResponse::Ok().json(reply));
+    }
+    let event_count = normalized.events.len();
+    let receipt = state
+        .ingest
+        .submit(Submission {
+            delivery_keys: normalized.delivery_keys,
+            events: normalized.events,
+            raw: body.to_vec(),
+        })
+        .await?;
+    let label = source.as_str();
+    Ok(match receipt {
+        Receipt::Stored {
+            event_ids,
+            incident_ids,
+            ..
+        } => {
+            metrics::counter!("incidentpost_events_stored_total", "source" => label)
+                .increment(event_count as u64);
+            tracing::info!(source = label, events = event_count, incidents = ?incident_ids, "webhook stored");
+            HttpResponse::Accepted().json(json!({
+                "status": "stored",
+                "event_ids": event_ids,
+                "incident_ids": incident_ids,
+                "ignored": normalized.ignored,
+            }))
+        }
+        Receipt::Duplicate { event_ids } => {
+            metrics::counter!("incidentpost_webhook_duplicates_total", "source" => label)
+                .increment(1);
+            tracing::info!(source = label, "duplicate delivery; nothing stored");
+            HttpResponse::Ok().json(json!({"status": "duplicate", "event_ids": event_ids}))
+        }
+    })
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (413) before buffering it.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get("Content-Length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

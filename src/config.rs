@@ -1,0 +1,370 @@
+//! Layered configuration: embedded `config/default.toml` < `config/<env>.toml` < `--config`
+//! file < `INCIDENTPOST__SECTION__KEY` environment variables, then [`Settings::validate`].
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The defaults, compiled in so the binary runs with no file at all.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or a value had the wrong type; the message names the key.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but is not acceptable.
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// A secret value: never printed by `Debug`, `Display` or `check-config`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// True when no value was configured (empty string).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// `Some(self)` when set.
+    pub fn as_option(&self) -> Option<&Secret> {
+        (!self.is_empty()).then_some(self)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+/// Every setting. Field docs live beside the keys in `config/default.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    pub log: LogSettings,
+    pub api: ApiSettings,
+    pub sources: SourcesSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub max_body_bytes: usize,
+    pub workers: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub path: PathBuf,
+    pub flush_every_ms: u64,
+    pub cache_capacity_bytes: u64,
+    pub max_batch: usize,
+    pub queue_depth: usize,
+    pub delivery_retention_days: u32,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesSettings {
+    pub pagerduty: PagerDutySettings,
+    pub github: GithubSettings,
+    pub slack: SlackSettings,
+    pub datadog: DatadogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutySettings {
+    pub enabled: bool,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubSettings {
+    pub enabled: bool,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSettings {
+    pub enabled: bool,
+    pub signing_secret: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatadogSettings {
+    pub enabled: bool,
+    pub token: Secret,
+}
+
+/// Where to read the optional layers from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// `config/<env>.toml`, relative to the working directory, when set.
+    pub env: Option<String>,
+    /// An explicit file, read after the env file.
+    pub file: Option<PathBuf>,
+    /// Read `INCIDENTPOST__…` environment variables (tests turn this off).
+    pub use_environment: bool,
+}
+
+impl Settings {
+    /// Loads every layer and validates the result.
+    pub fn load(from: &ConfigSources) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(env) = &from.env {
+            let path = Path::new("config").join(format!("{env}.toml"));
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        if let Some(file) = &from.file {
+            builder = builder.add_source(config::File::from(file.clone()).required(true));
+        }
+        if from.use_environment {
+            builder = builder.add_source(
+                config::Environment::with_prefix("INCIDENTPOST")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            );
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Loads only the embedded defaults plus a TOML overlay (for tests and tools).
+    pub fn from_toml_overlay(overlay: &str) -> Result<Self, ConfigError> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from_str(overlay, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// True when the server binds only to the local machine.
+    pub fn is_loopback(&self) -> bool {
+        self.server.host == "localhost"
+            || self
+                .server
+                .host
+                .parse::<IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false)
+    }
+
+    /// The enabled sources that have no secret configured, by config key.
+    pub fn unsigned_sources(&self) -> Vec<&'static str> {
+        let s = &self.sources;
+        [
+            (s.pagerduty.enabled && s.pagerduty.secret.is_empty())
+                .then_some("sources.pagerduty.secret"),
+            (s.github.enabled && s.github.secret.is_empty()).then_some("sources.github.secret"),
+            (s.slack.enabled && s.slack.signing_secret.is_empty())
+                .then_some("sources.slack.signing_secret"),
+            (s.datadog.enabled && s.datadog.token.is_empty()).then_some("sources.datadog.token"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Checks values that parse but make no sense, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                message: message.into(),
+            }
+        }
+        if self.server.host.trim().is_empty() {
+            return Err(invalid("server.host", "must not be empty"));
+        }
+        if self.server.host != "localhost" && self.server.host.parse::<IpAddr>().is_err() {
+            return Err(invalid(
+                "server.host",
+                format!("'{}' is not an IP address or 'localhost'", self.server.host),
+            ));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            return Err(invalid("storage.path", "must not be empty"));
+        }
+        if !(1..=60_000).contains(&self.storage.flush_every_ms) {
+            return Err(invalid(
+                "storage.flush_every_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if !(1..=4096).contains(&self.storage.max_batch) {
+            return Err(invalid("storage.max_batch", "must be between 1 and 4096"));
+        }
+        if self.storage.queue_depth == 0 {
+            return Err(invalid("storage.queue_depth", "must be at least 1"));
+        }
+        if self.storage.delivery_retention_days == 0 {
+            return Err(invalid(
+                "storage.delivery_retention_days",
+                "must be at least 1 (providers retry for up to 48 hours)",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("'{}' is not a valid filter", self.log.level),
+            ));
+        }
+        if !self.is_loopback() {
+            if let Some(key) = self.unsigned_sources().first() {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be set when listening on non-loopback address {} \
+                         (or disable the source)",
+                        self.server.host
+                    ),
+                ));
+            }
+            if self.api.token.is_empty() {
+                return Err(invalid(
+                    "api.token",
+                    format!(
+                        "must be set when listening on non-loopback address {}",
+                        self.server.host
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_load_and_listen_on_loopback() {
+        let s = Settings::from_toml_overlay("").unwrap();
+        assert_eq!(s.server.host, "127.0.0.1");
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.storage.path, PathBuf::from("./data"));
+        assert!(s.is_loopback());
+        assert_eq!(s.unsigned_sources().len(), 4);
+    }
+
+    #[test]
+    fn non_loopback_without_secrets_names_the_missing_key() {
+        let err = Settings::from_toml_overlay("[server]\nhost = \"0.0.0.0\"").unwrap_err();
+        assert!(
+            err.to_string().contains("sources.pagerduty.secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn non_loopback_without_api_token_is_refused() {
+        let overlay = r#"
+            [server]
+            host = "0.0.0.0"
+            [sources.pagerduty]
+            secret = "a"
+            [sources.github]
+            secret = "b"
+            [sources.slack]
+            signing_secret = "c"
+            [sources.datadog]
+            enabled = false
+        "#;
+        let err = Settings::from_toml_overlay(overlay).unwrap_err();
+        assert!(err.to_string().contains("api.token"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = Settings::from_toml_overlay("[server]\nport = \"eighty\"").unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Settings::from_toml_overlay("[server]\nprot = 1").unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_and_serialized_output() {
+        let s = Settings::from_toml_overlay("[api]\ntoken = \"hunter2\"").unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
+        assert_eq!(s.api.token.expose(), "hunter2");
+    }
+}

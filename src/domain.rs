@@ -1,0 +1,483 @@
+//! The event model shared by every part: validated ids, the normalized [`Event`] and the
+//! [`Incident`] record. Values here are parsed at the edge and trusted inside.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+/// Why a string could not become one of the ids in this module.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdError {
+    /// Incident ids are `[A-Za-z0-9_-]{1,64}`.
+    #[error("incident id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")]
+    InvalidIncidentId,
+    /// The source is not one IncidentPost knows.
+    #[error("unknown source '{0}'")]
+    UnknownSource(String),
+}
+
+/// An incident id: PagerDuty's incident id for incidents opened by PagerDuty, a generated
+/// one otherwise. Always `[A-Za-z0-9_-]{1,64}`, so it is safe in paths, keys and file names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct IncidentId(String);
+
+impl IncidentId {
+    /// Parses and validates an incident id.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(IdError::InvalidIncidentId)
+        }
+    }
+
+    /// A fresh id for incidents not opened by PagerDuty (import, API): `IP` + a ULID.
+    pub fn generate() -> Self {
+        Self(format!("IP{}", Ulid::new()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IncidentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for IncidentId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for IncidentId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Pagerduty,
+    Datadog,
+    Github,
+    Slack,
+    Cloudwatch,
+    Manual,
+    Import,
+}
+
+impl Source {
+    /// Every source, in display order.
+    pub const ALL: [Source; 7] = [
+        Source::Pagerduty,
+        Source::Datadog,
+        Source::Github,
+        Source::Slack,
+        Source::Cloudwatch,
+        Source::Manual,
+        Source::Import,
+    ];
+
+    /// The lowercase name used in URLs, keys and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Pagerduty => "pagerduty",
+            Source::Datadog => "datadog",
+            Source::Github => "github",
+            Source::Slack => "slack",
+            Source::Cloudwatch => "cloudwatch",
+            Source::Manual => "manual",
+            Source::Import => "import",
+        }
+    }
+
+    /// The name shown in timelines: `[PagerDuty]`, `[AWS CloudWatch]`.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Source::Pagerduty => "PagerDuty",
+            Source::Datadog => "Datadog",
+            Source::Github => "GitHub",
+            Source::Slack => "Slack",
+            Source::Cloudwatch => "AWS CloudWatch",
+            Source::Manual => "Manual",
+            Source::Import => "Import",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Source {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Source::ALL
+            .into_iter()
+            .find(|src| src.as_str() == s)
+            .ok_or_else(|| IdError::UnknownSource(s.chars().take(64).collect()))
+    }
+}
+
+/// What happened, as a closed set. The serialized names are part of the API and the
+/// on-disk format; add variants, never rename them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "incident.triggered")]
+    IncidentTriggered,
+    #[serde(rename = "incident.acknowledged")]
+    IncidentAcknowledged,
+    #[serde(rename = "incident.unacknowledged")]
+    IncidentUnacknowledged,
+    #[serde(rename = "incident.resolved")]
+    IncidentResolved,
+    #[serde(rename = "incident.reopened")]
+    IncidentReopened,
+    #[serde(rename = "incident.escalated")]
+    IncidentEscalated,
+    #[serde(rename = "incident.reassigned")]
+    IncidentReassigned,
+    #[serde(rename = "incident.priority_changed")]
+    IncidentPriorityChanged,
+    #[serde(rename = "incident.responder_added")]
+    IncidentResponderAdded,
+    #[serde(rename = "incident.status_update")]
+    IncidentStatusUpdate,
+    #[serde(rename = "incident.note")]
+    IncidentNote,
+    #[serde(rename = "alert.firing")]
+    AlertFiring,
+    #[serde(rename = "alert.warning")]
+    AlertWarning,
+    #[serde(rename = "alert.recovered")]
+    AlertRecovered,
+    #[serde(rename = "alert.no_data")]
+    AlertNoData,
+    #[serde(rename = "metric.sample")]
+    MetricSample,
+    #[serde(rename = "change.merged")]
+    ChangeMerged,
+    #[serde(rename = "change.deployed")]
+    ChangeDeployed,
+    #[serde(rename = "change.deploy_failed")]
+    ChangeDeployFailed,
+    #[serde(rename = "change.rolled_back")]
+    ChangeRolledBack,
+    #[serde(rename = "change.released")]
+    ChangeReleased,
+    #[serde(rename = "change.pushed")]
+    ChangePushed,
+    #[serde(rename = "ci.failed")]
+    CiFailed,
+    #[serde(rename = "ci.succeeded")]
+    CiSucceeded,
+    #[serde(rename = "chat.message")]
+    ChatMessage,
+    #[serde(rename = "annotation.title")]
+    AnnotationTitle,
+    #[serde(rename = "annotation.summary")]
+    AnnotationSummary,
+    #[serde(rename = "annotation.root_cause")]
+    AnnotationRootCause,
+    #[serde(rename = "annotation.impact")]
+    AnnotationImpact,
+    #[serde(rename = "annotation.mitigation")]
+    AnnotationMitigation,
+    #[serde(rename = "annotation.action_item")]
+    AnnotationActionItem,
+    #[serde(rename = "annotation.customer_message")]
+    AnnotationCustomerMessage,
+}
+
+impl EventKind {
+    /// The serialized name, e.g. `incident.triggered`.
+    pub fn as_str(self) -> &'static str {
+        KIND_NAMES
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("unknown")
+    }
+
+    /// True for the kinds that record a change to the system (merges, deploys, …).
+    pub fn is_change(self) -> bool {
+        matches!(
+            self,
+            EventKind::ChangeMerged
+                | EventKind::ChangeDeployed
+                | EventKind::ChangeDeployFailed
+                | EventKind::ChangeRolledBack
+                | EventKind::ChangeReleased
+                | EventKind::ChangePushed
+        )
+    }
+}
+
+const KIND_NAMES: &[(EventKind, &str)] = &[
+    (EventKind::IncidentTriggered, "incident.triggered"),
+    (EventKind::IncidentAcknowledged, "incident.acknowledged"),
+    (EventKind::IncidentUnacknowledged, "incident.unacknowledged"),
+    (EventKind::IncidentResolved, "incident.resolved"),
+    (EventKind::IncidentReopened, "incident.reopened"),
+    (EventKind::IncidentEscalated, "incident.escalated"),
+    (EventKind::IncidentReassigned, "incident.reassigned"),
+    (
+        EventKind::IncidentPriorityChanged,
+        "incident.priority_changed",
+    ),
+    (
+        EventKind::IncidentResponderAdded,
+        "incident.responder_added",
+    ),
+    (EventKind::IncidentStatusUpdate, "incident.status_update"),
+    (EventKind::IncidentNote, "incident.note"),
+    (EventKind::AlertFiring, "alert.firing"),
+    (EventKind::AlertWarning, "alert.warning"),
+    (EventKind::AlertRecovered, "alert.recovered"),
+    (EventKind::AlertNoData, "alert.no_data"),
+    (EventKind::MetricSample, "metric.sample"),
+    (EventKind::ChangeMerged, "change.merged"),
+    (EventKind::ChangeDeployed, "change.deployed"),
+    (EventKind::ChangeDeployFailed, "change.deploy_failed"),
+    (EventKind::ChangeRolledBack, "change.rolled_back"),
+    (EventKind::ChangeReleased, "change.released"),
+    (EventKind::ChangePushed, "change.pushed"),
+    (EventKind::CiFailed, "ci.failed"),
+    (EventKind::CiSucceeded, "ci.succeeded"),
+    (EventKind::ChatMessage, "chat.message"),
+    (EventKind::AnnotationTitle, "annotation.title"),
+    (EventKind::AnnotationSummary, "annotation.summary"),
+    (EventKind::AnnotationRootCause, "annotation.root_cause"),
+    (EventKind::AnnotationImpact, "annotation.impact"),
+    (EventKind::AnnotationMitigation, "annotation.mitigation"),
+    (EventKind::AnnotationActionItem, "annotation.action_item"),
+    (
+        EventKind::AnnotationCustomerMessage,
+        "annotation.customer_message",
+    ),
+];
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How bad an event is. Ordered: `Info < Warning < Error < Critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl Severity {
+    /// The upper-case label used in timeline titles: `CRITICAL`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Severity::Info => "INFO",
+            Severity::Warning => "WARNING",
+            Severity::Error => "ERROR",
+            Severity::Critical => "CRITICAL",
+        }
+    }
+}
+
+/// The rule that attached an event to its incident (see docs/DESIGN-DECISIONS.md, Correlation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorrelationRule {
+    /// The event names the incident (PagerDuty incident id, a tag or field carrying it).
+    Explicit,
+    /// The event matches the incident's service through the `[[services]]` map.
+    Service,
+    /// Exactly one incident was open.
+    SoleOpen,
+    /// Pulled in from the unattached stream by the look-back window when the incident opened.
+    LookBack,
+    /// Attached after resolve, inside the grace window.
+    Grace,
+}
+
+/// One normalized event, whatever its source. See the event model in the README.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// ULID assigned at ingest: time-sortable and unique.
+    pub id: Ulid,
+    /// The provider it came from.
+    pub source: Source,
+    /// What happened.
+    pub kind: EventKind,
+    /// The source's own time of the event, UTC.
+    pub occurred_at: DateTime<Utc>,
+    /// When IncidentPost received it.
+    pub received_at: DateTime<Utc>,
+    /// One human line, as in a postmortem timeline: `CRITICAL: API response time > 5000ms`.
+    pub title: String,
+    /// The affected service, when the payload names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Severity, when the payload carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
+    /// Who did it, e.g. `@sarah`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// A link to the event at its source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Correlation keys carried by the payload, e.g. `pagerduty_incident` → `PT4KHLK`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, String>,
+    /// Structured facts (metric value and unit, PR number, version, priority, …).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+    /// The provider's retry-stable delivery id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+    /// Key of the raw payload it was derived from (see `GET /events/{id}/raw`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_id: Option<Ulid>,
+    /// The incident the event is attached to; `None` while in the unattached stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident_id: Option<IncidentId>,
+    /// The correlation rule that attached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<CorrelationRule>,
+}
+
+/// The correlation key under which PagerDuty events carry their incident id.
+pub const KEY_PAGERDUTY_INCIDENT: &str = "pagerduty_incident";
+
+/// Lifecycle state of an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentStatus {
+    Triggered,
+    Acknowledged,
+    Resolved,
+}
+
+impl IncidentStatus {
+    /// True unless resolved.
+    pub fn is_open(self) -> bool {
+        self != IncidentStatus::Resolved
+    }
+
+    /// The lowercase name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentStatus::Triggered => "triggered",
+            IncidentStatus::Acknowledged => "acknowledged",
+            IncidentStatus::Resolved => "resolved",
+        }
+    }
+}
+
+/// The stored incident record. Events live beside it, keyed by incident id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: IncidentId,
+    pub title: String,
+    pub status: IncidentStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
+    /// PagerDuty urgency (`high` / `low`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urgency: Option<String>,
+    /// PagerDuty priority label (`P1`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The source that opened it.
+    pub opened_by: Source,
+    /// When it was triggered (the trigger event's `occurred_at`).
+    pub triggered_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// How many times it was reopened after a resolve.
+    #[serde(default)]
+    pub reopen_count: u32,
+    /// Number of events attached.
+    pub event_count: u64,
+    /// Sequence number the next attached event gets (the key suffix in the events tree).
+    pub next_seq: u64,
+    /// Last change to this record.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Incident {
+    /// Duration from trigger to resolve, in whole seconds, once resolved.
+    pub fn duration_secs(&self) -> Option<i64> {
+        self.resolved_at
+            .map(|r| (r - self.triggered_at).num_seconds().max(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incident_ids_accept_pagerduty_ids_and_reject_path_tricks() {
+        for ok in ["PT4KHLK", "Q3B15VLMF3ASBD", "a_b-c", &"x".repeat(64)] {
+            assert!(IncidentId::parse(ok).is_ok(), "{ok} should parse");
+        }
+        for bad in ["", "../etc", "a b", "a/b", "é", &"x".repeat(65)] {
+            assert_eq!(
+                IncidentId::parse(bad),
+                Err(IdError::InvalidIncidentId),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn generated_incident_ids_are_valid() {
+        let id = IncidentId::generate();
+        assert!(IncidentId::parse(id.as_str()).is_ok());
+    }
+
+    #[test]
+    fn every_kind_has_a_name_that_round_trips() {
+        for (kind, name) in KIND_NAMES {
+            assert_eq!(kind.as_str(), *name);
+            let back: EventKind = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(back, *kind);
+        }
+    }
+
+    #[test]
+    fn sources_parse_from_their_names() {
+        for s in Source::ALL {
+            assert_eq!(s.as_str().parse::<Source>().unwrap(), s);
+        }
+        assert!("nagios".parse::<Source>().is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! IncidentPost: verified webhooks in, a durable event log keyed by incident, postmortems out.
+//!
+//! Data flows one way: `sources` (verify, normalize) → `ingest` (dedupe, correlate,
+//! lifecycle, durable append via `store`) → read API (`api`). See README.md.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod ingest;
+pub mod sources;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

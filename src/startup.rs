@@ -1,0 +1,207 @@
+//! Builds the application from settings: store, committer, sources, HTTP server,
+//! background tasks. `main` and the tests both go through [`Application::build`].
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::domain::Source;
+use crate::ingest::{Committer, Ingest};
+use crate::sources::pagerduty::PagerDuty;
+use crate::sources::WebhookSource;
+use crate::store::{SledStore, Store};
+use crate::telemetry;
+
+/// A built, bound, not yet running service.
+pub struct Application {
+    port: u16,
+    server: Server,
+    committer: Committer,
+    store: Arc<dyn Store>,
+    background: CancellationToken,
+}
+
+/// Opens the sled store the settings name.
+pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<SledStore>> {
+    let path = &settings.storage.path;
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("creating storage.path {}", path.display()))?;
+    let store = SledStore::open(
+        path,
+        settings.storage.flush_every_ms,
+        settings.storage.cache_capacity_bytes,
+    )
+    .with_context(|| format!("opening the database in storage.path {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+impl Application {
+    /// Opens the store under `storage.path` and binds `server.host:server.port`.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = open_store(&settings)?;
+        Self::build_with_store(settings, store).await
+    }
+
+    /// Like [`Application::build`] on a store the caller opened (tests wrap the real
+    /// store to inject faults).
+    pub async fn build_with_store(
+        settings: Settings,
+        store: Arc<dyn Store>,
+    ) -> anyhow::Result<Self> {
+        let unsigned = settings.unsigned_sources();
+        if !unsigned.is_empty() {
+            tracing::warn!(
+                missing = ?unsigned,
+                "UNSIGNED WEBHOOKS ACCEPTED: these sources have no secret, so anyone who can reach \
+                 {}:{} can post events. Allowed only on loopback; set the keys before exposing the service.",
+                settings.server.host,
+                settings.server.port
+            );
+        }
+        if settings.api.token.is_empty() {
+            tracing::warn!("api.token is not set: the read API is open to anyone who can reach it");
+        }
+
+        let (ingest, committer) = Ingest::start(
+            store.clone(),
+            settings.storage.max_batch,
+            settings.storage.queue_depth,
+        );
+
+        let mut sources: BTreeMap<Source, Arc<dyn WebhookSource>> = BTreeMap::new();
+        let mut disabled_sources = Vec::new();
+        let pd = &settings.sources.pagerduty;
+        if pd.enabled {
+            sources.insert(
+                Source::Pagerduty,
+                Arc::new(PagerDuty::new(pd.secret.as_option().cloned())),
+            );
+        } else {
+            disabled_sources.push(Source::Pagerduty);
+        }
+
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            ingest: ingest.clone(),
+            sources,
+            disabled_sources,
+            api_token: settings.api.token.as_option().cloned(),
+            max_body_bytes: settings.server.max_body_bytes,
+            metrics: telemetry::metrics_handle(),
+        });
+
+        let background = CancellationToken::new();
+        spawn_delivery_pruner(
+            store.clone(),
+            settings.storage.delivery_retention_days,
+            background.clone(),
+        );
+        spawn_lifecycle_logger(ingest.clone(), background.clone());
+
+        let address = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&address)
+            .with_context(|| format!("binding server.host:server.port {address}"))?;
+        let port = listener.local_addr()?.port();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(telemetry::record_request))
+                .app_data(state.clone())
+                .configure(api::configure)
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .listen(listener)?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        tracing::info!(
+            address = %format!("{}:{port}", settings.server.host),
+            storage = %settings.storage.path.display(),
+            "incidentpost listening"
+        );
+        Ok(Application {
+            port,
+            server: server.run(),
+            committer,
+            store,
+            background,
+        })
+    }
+
+    /// The bound port (useful with `server.port = 0`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that stops the server gracefully (as SIGTERM does).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or [`ServerHandle::stop`]), then drains in-flight
+    /// requests, commits what is queued, flushes, and returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await.context("HTTP server failed")?;
+        tracing::info!("HTTP server stopped; draining the ingest queue");
+        self.background.cancel();
+        self.committer.shutdown().await;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .context("final flush task")?
+            .context("final flush")?;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+fn spawn_delivery_pruner(store: Arc<dyn Store>, retention_days: u32, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.prune_deliveries(cutoff)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(removed = n, "pruned old delivery keys"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "pruning delivery keys failed; will retry")
+                }
+                Err(e) => tracing::warn!(error = %e, "pruning task failed; will retry"),
+            }
+        }
+    });
+}
+
+fn spawn_lifecycle_logger(ingest: Ingest, stop: CancellationToken) {
+    let mut changes = ingest.subscribe();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                change = changes.recv() => match change {
+                    Ok(c) => metrics::counter!(
+                        "incidentpost_incident_transitions_total",
+                        "change" => format!("{:?}", c.change).to_lowercase()
+                    ).increment(1),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "lifecycle listener lagged");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+    });
+}

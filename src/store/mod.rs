@@ -1,0 +1,99 @@
+//! Durable storage behind a trait. Only [`sled_store`] imports sled, so another engine
+//! (PostgreSQL for multi-replica deployments) can be added without touching callers.
+//!
+//! Writes go through [`Store::write`]: one atomic unit that is flushed before it returns.
+//! The ingest committer is the only caller, which makes it the single writer and lets a
+//! batch of webhooks share one flush (group commit).
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+use crate::domain::{Event, Incident, IncidentId};
+
+/// The on-disk schema this build reads and writes. Checked at open.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Storage failures. Callers answer 503 so providers retry.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine failed (I/O, corruption reported by sled).
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// A stored value could not be decoded.
+    #[error("stored value under {key} could not be decoded: {message}")]
+    Corrupt { key: String, message: String },
+    /// The data directory was written by an incompatible version.
+    #[error("data directory has schema version {found}, this build reads version {expected}")]
+    SchemaMismatch { found: u32, expected: u32 },
+    /// A concurrent writer touched the same keys; the write is retried by the engine.
+    #[error("write conflict")]
+    Conflict,
+    /// The store refuses writes (shutting down, disk full, fault injected in tests).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What is remembered about a delivery for de-duplication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// When it was first stored; deliveries older than the retention are pruned.
+    pub stored_at: DateTime<Utc>,
+    /// The events it produced (possibly none).
+    pub event_ids: Vec<Ulid>,
+}
+
+/// The write side of one atomic unit. Implementations buffer everything until
+/// [`Store::write`] commits it.
+pub trait WriteTx {
+    /// The record of a delivery key (`source:id`), if it was stored before.
+    fn delivery(&self, key: &str) -> Result<Option<DeliveryRecord>, StoreError>;
+    /// Remembers a delivery key.
+    fn put_delivery(&mut self, key: &str, record: &DeliveryRecord) -> Result<(), StoreError>;
+    /// An incident, as of this unit (including earlier writes in it).
+    fn incident(&self, id: &IncidentId) -> Result<Option<Incident>, StoreError>;
+    /// The ids of the incidents that are open, as of this unit.
+    fn open_incidents(&self) -> Result<Vec<IncidentId>, StoreError>;
+    /// Inserts or replaces an incident record (and keeps the open-incident index).
+    fn put_incident(&mut self, incident: &Incident) -> Result<(), StoreError>;
+    /// Appends an event to its incident's log under `seq`.
+    fn put_incident_event(&mut self, seq: u64, event: &Event) -> Result<(), StoreError>;
+    /// Appends an event to the unattached stream.
+    fn put_stream_event(&mut self, event: &Event) -> Result<(), StoreError>;
+    /// Removes an event from the unattached stream (when an incident pulls it in).
+    fn remove_stream_event(&mut self, id: Ulid) -> Result<(), StoreError>;
+    /// Keeps the raw payload an event (or a delivery without events) came from.
+    fn put_raw(&mut self, id: Ulid, payload: &[u8]) -> Result<(), StoreError>;
+}
+
+/// A durable event store.
+pub trait Store: Send + Sync + 'static {
+    /// Runs `work` as one atomic unit and flushes it before returning. `work` may be
+    /// called again if the engine retries the unit, so it must start from scratch.
+    fn write(
+        &self,
+        work: &mut dyn FnMut(&mut dyn WriteTx) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// One incident.
+    fn incident(&self, id: &IncidentId) -> Result<Option<Incident>, StoreError>;
+    /// Every incident, in no particular order.
+    fn incidents(&self) -> Result<Vec<Incident>, StoreError>;
+    /// The number of open incidents.
+    fn open_incident_count(&self) -> Result<usize, StoreError>;
+    /// An incident's events in append order.
+    fn incident_events(&self, id: &IncidentId) -> Result<Vec<Event>, StoreError>;
+    /// The unattached stream in arrival order.
+    fn stream_events(&self) -> Result<Vec<Event>, StoreError>;
+    /// A raw payload by event (or receipt) id.
+    fn raw(&self, id: Ulid) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Forgets delivery keys stored before `cutoff`; returns how many were removed.
+    fn prune_deliveries(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError>;
+    /// Cheap liveness probe of the engine for `/readyz`.
+    fn check(&self) -> Result<(), StoreError>;
+    /// Flushes everything written so far.
+    fn flush(&self) -> Result<(), StoreError>;
+}
