@@ -196,14 +196,19 @@ impl Settings {
 
     /// Loads only the embedded defaults plus a TOML overlay (for tests and tools).
     pub fn from_toml_overlay(overlay: &str) -> Result<Self, ConfigError> {
-        let settings: Settings = config::Config::builder()
-            .add_source(config::File::from_str(
-                DEFAULT_TOML,
-                config::FileFormat::Toml,
-            ))
-            .add_source(config::File::from_str(overlay, config::FileFormat::Toml))
-            .build()?
-            .try_deserialize()?;
+        Self::from_toml_layers(&[overlay])
+    }
+
+    /// Loads the embedded defaults plus TOML layers, later ones winning.
+    pub fn from_toml_layers(layers: &[&str]) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        for layer in layers {
+            builder = builder.add_source(config::File::from_str(layer, config::FileFormat::Toml));
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }

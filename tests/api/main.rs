@@ -1,1 +1,10 @@
+//! Integration tests: the real service on loopback, real sled in a temp dir. One test
+//! binary so the crate links once.
 
+mod config_cli;
+mod durability;
+mod helpers;
+mod lifecycle;
+mod ops;
+mod pagerduty;
+mod read_api;

@@ -1,0 +1,192 @@
+//! Ingest benchmark: signed PagerDuty webhooks through the full path (verify → normalize →
+//! dedupe → lifecycle → durable append → 2xx) against the real binary on loopback.
+//! Compares group commit (`storage.max_batch = 256`) with a flush per webhook
+//! (`storage.max_batch = 1`) at increasing concurrency. Bounded: REQUESTS per step.
+//!
+//! Run: `cargo bench --bench ingest` (or `scripts/bench-ingest`). Env: BENCH_REQUESTS.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use incidentpost::sources::signature::hmac_sha256_hex;
+
+const SECRET: &str = "bench-secret";
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(max_batch: usize) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_incidentpost"))
+        .arg("serve")
+        .env("INCIDENTPOST__SERVER__PORT", port.to_string())
+        .env("INCIDENTPOST__STORAGE__PATH", dir.path())
+        .env("INCIDENTPOST__STORAGE__MAX_BATCH", max_batch.to_string())
+        .env("INCIDENTPOST__SOURCES__PAGERDUTY__SECRET", SECRET)
+        .env("INCIDENTPOST__LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start incidentpost");
+    Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+fn body(n: u64) -> Vec<u8> {
+    // Fifty incidents, each receiving a stream of notes/acks: realistic key spread.
+    let incident = format!("PBENCH{}", n % 50);
+    let kind = if n < 50 {
+        "incident.triggered"
+    } else {
+        "incident.acknowledged"
+    };
+    format!(
+        r#"{{"event":{{"id":"bench-{n}","event_type":"{kind}","resource_type":"incident","occurred_at":"2024-03-14T14:23:00.000Z","agent":{{"summary":"sarah"}},"data":{{"id":"{incident}","type":"incident","title":"API response time > 5000ms","status":"triggered","urgency":"high","service":{{"summary":"api"}}}}}}}}"#
+    )
+    .into_bytes()
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..400 {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server did not start");
+}
+
+struct Step {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+async fn run_step(
+    client: &reqwest::Client,
+    base: &str,
+    start_n: u64,
+    requests: u64,
+    concurrency: u64,
+) -> Step {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, base, next, errors) = (
+            client.clone(),
+            base.to_owned(),
+            next.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let b = body(start_n + i);
+                let sig = format!("v1={}", hmac_sha256_hex(SECRET.as_bytes(), &[&b]));
+                let t = Instant::now();
+                let res = client
+                    .post(format!("{base}/webhooks/pagerduty"))
+                    .header("X-PagerDuty-Signature", sig)
+                    .header("Content-Type", "application/json")
+                    .body(b)
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status().as_u16() == 202 => lat.push(t.elapsed()),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = began.elapsed();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Step {
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+fn main() {
+    let requests: u64 = std::env::var("BENCH_REQUESTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .unwrap();
+        println!("signed PagerDuty webhooks, {requests} per step, loopback, release build");
+        println!("| mode | concurrency | req/s | p50 ms | p99 ms | errors |");
+        println!("|---|---|---|---|---|---|");
+        for (label, batch) in [
+            ("group commit (max_batch 256)", 256),
+            ("flush per webhook (max_batch 1)", 1),
+        ] {
+            let server = start(batch);
+            wait_ready(&client, &server.base).await;
+            let mut n = 0;
+            // Warm-up: opens the 50 incidents and the connection pool.
+            run_step(&client, &server.base, n, 200, 16).await;
+            n += 200;
+            for c in [1u64, 8, 32, 64] {
+                let s = run_step(&client, &server.base, n, requests, c).await;
+                n += requests;
+                println!(
+                    "| {label} | {c} | {:.0} | {:.2} | {:.2} | {} |",
+                    s.rps,
+                    s.p50.as_secs_f64() * 1e3,
+                    s.p99.as_secs_f64() * 1e3,
+                    s.errors
+                );
+            }
+        }
+    });
+}
