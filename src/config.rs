@@ -75,6 +75,82 @@ pub struct Settings {
     pub log: LogSettings,
     pub api: ApiSettings,
     pub sources: SourcesSettings,
+    pub correlation: CorrelationSettings,
+    pub pollers: PollersSettings,
+    /// The service map.
+    pub services: Vec<ServiceEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrelationSettings {
+    pub sole_open_incident: bool,
+    pub lookback_mins: u32,
+    pub change_lookback_hours: u32,
+    pub grace_mins: u32,
+}
+
+/// One service and its names at each provider (see `[[services]]` in default.toml).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntry {
+    pub name: String,
+    #[serde(default)]
+    pub pagerduty: Vec<String>,
+    #[serde(default)]
+    pub datadog: Vec<String>,
+    #[serde(default)]
+    pub cloudwatch: Vec<String>,
+    #[serde(default)]
+    pub github: Vec<String>,
+    #[serde(default)]
+    pub slack: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollersSettings {
+    pub cloudwatch: CloudWatchPollerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudWatchPollerSettings {
+    pub enabled: bool,
+    pub region: String,
+    pub endpoint_url: String,
+    pub interval_secs: u64,
+    pub alarm_name_prefix: String,
+    pub metrics: Vec<MetricQuery>,
+}
+
+/// A metric series recorded while an incident is open.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricQuery {
+    pub id: String,
+    #[serde(default)]
+    pub label: Option<String>,
+    pub namespace: String,
+    pub metric_name: String,
+    #[serde(default)]
+    pub dimensions: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_stat")]
+    pub stat: String,
+    #[serde(default = "default_period")]
+    pub period_secs: u32,
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+fn default_stat() -> String {
+    "Average".into()
+}
+
+fn default_period() -> u32 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -126,6 +202,7 @@ pub struct SourcesSettings {
     pub github: GithubSettings,
     pub slack: SlackSettings,
     pub datadog: DatadogSettings,
+    pub cloudwatch: CloudWatchSourceSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -147,6 +224,8 @@ pub struct GithubSettings {
 pub struct SlackSettings {
     pub enabled: bool,
     pub signing_secret: Secret,
+    pub include_bots: bool,
+    pub max_skew_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -154,6 +233,15 @@ pub struct SlackSettings {
 pub struct DatadogSettings {
     pub enabled: bool,
     pub token: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudWatchSourceSettings {
+    pub enabled: bool,
+    pub token: Secret,
+    pub sns_cert_base_url: String,
+    pub sns_auto_confirm: bool,
 }
 
 /// Where to read the optional layers from.
@@ -286,6 +374,45 @@ impl Settings {
                 "log.level",
                 format!("'{}' is not a valid filter", self.log.level),
             ));
+        }
+        if !(1..=3600).contains(&self.sources.slack.max_skew_secs) {
+            return Err(invalid(
+                "sources.slack.max_skew_secs",
+                "must be between 1 and 3600",
+            ));
+        }
+        let cw = &self.pollers.cloudwatch;
+        if cw.enabled {
+            if cw.region.trim().is_empty() {
+                return Err(invalid("pollers.cloudwatch.region", "must be set"));
+            }
+            if !(5..=86_400).contains(&cw.interval_secs) {
+                return Err(invalid(
+                    "pollers.cloudwatch.interval_secs",
+                    "must be between 5 and 86400",
+                ));
+            }
+        }
+        for m in &cw.metrics {
+            let ok = m.id.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && m.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(invalid(
+                    "pollers.cloudwatch.metrics.id",
+                    format!("'{}' must match [a-z][a-zA-Z0-9_]*", m.id),
+                ));
+            }
+            if m.period_secs == 0 || m.period_secs % 60 != 0 {
+                return Err(invalid(
+                    "pollers.cloudwatch.metrics.period_secs",
+                    format!("{} must be a positive multiple of 60", m.period_secs),
+                ));
+            }
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.name.trim().is_empty() {
+                return Err(invalid("services.name", format!("entry {i} has no name")));
+            }
         }
         if !self.is_loopback() {
             if let Some(key) = self.unsigned_sources().first() {

@@ -174,8 +174,12 @@ pub enum EventKind {
     AlertNoData,
     #[serde(rename = "metric.sample")]
     MetricSample,
+    #[serde(rename = "change.proposed")]
+    ChangeProposed,
     #[serde(rename = "change.merged")]
     ChangeMerged,
+    #[serde(rename = "change.deploy_started")]
+    ChangeDeployStarted,
     #[serde(rename = "change.deployed")]
     ChangeDeployed,
     #[serde(rename = "change.deploy_failed")]
@@ -190,6 +194,10 @@ pub enum EventKind {
     CiFailed,
     #[serde(rename = "ci.succeeded")]
     CiSucceeded,
+    #[serde(rename = "ticket.opened")]
+    TicketOpened,
+    #[serde(rename = "ticket.closed")]
+    TicketClosed,
     #[serde(rename = "chat.message")]
     ChatMessage,
     #[serde(rename = "annotation.title")]
@@ -223,6 +231,8 @@ impl EventKind {
         matches!(
             self,
             EventKind::ChangeMerged
+                | EventKind::ChangeProposed
+                | EventKind::ChangeDeployStarted
                 | EventKind::ChangeDeployed
                 | EventKind::ChangeDeployFailed
                 | EventKind::ChangeRolledBack
@@ -255,7 +265,9 @@ const KIND_NAMES: &[(EventKind, &str)] = &[
     (EventKind::AlertRecovered, "alert.recovered"),
     (EventKind::AlertNoData, "alert.no_data"),
     (EventKind::MetricSample, "metric.sample"),
+    (EventKind::ChangeProposed, "change.proposed"),
     (EventKind::ChangeMerged, "change.merged"),
+    (EventKind::ChangeDeployStarted, "change.deploy_started"),
     (EventKind::ChangeDeployed, "change.deployed"),
     (EventKind::ChangeDeployFailed, "change.deploy_failed"),
     (EventKind::ChangeRolledBack, "change.rolled_back"),
@@ -263,6 +275,8 @@ const KIND_NAMES: &[(EventKind, &str)] = &[
     (EventKind::ChangePushed, "change.pushed"),
     (EventKind::CiFailed, "ci.failed"),
     (EventKind::CiSucceeded, "ci.succeeded"),
+    (EventKind::TicketOpened, "ticket.opened"),
+    (EventKind::TicketClosed, "ticket.closed"),
     (EventKind::ChatMessage, "chat.message"),
     (EventKind::AnnotationTitle, "annotation.title"),
     (EventKind::AnnotationSummary, "annotation.summary"),
@@ -369,6 +383,33 @@ pub struct Event {
 
 /// The correlation key under which PagerDuty events carry their incident id.
 pub const KEY_PAGERDUTY_INCIDENT: &str = "pagerduty_incident";
+/// PagerDuty service id.
+pub const KEY_PAGERDUTY_SERVICE: &str = "pagerduty_service";
+/// An incident id named by another source (a tag `incident:P…`, a PagerDuty URL in chat).
+pub const KEY_INCIDENT_REF: &str = "incident_ref";
+/// Datadog `$ALERT_CYCLE_KEY`: links a trigger to its recovery.
+pub const KEY_DATADOG_CYCLE: &str = "datadog_cycle";
+/// Datadog monitor id.
+pub const KEY_DATADOG_MONITOR: &str = "datadog_monitor";
+/// GitHub repository, `owner/name`.
+pub const KEY_GITHUB_REPO: &str = "github_repo";
+/// GitHub pull request, `owner/name#123`.
+pub const KEY_GITHUB_PR: &str = "github_pr";
+/// Slack channel id.
+pub const KEY_SLACK_CHANNEL: &str = "slack_channel";
+/// Slack thread, `channel:thread_ts`.
+pub const KEY_SLACK_THREAD: &str = "slack_thread";
+/// CloudWatch alarm name.
+pub const KEY_CLOUDWATCH_ALARM: &str = "cloudwatch_alarm";
+
+/// Keys that, once an event carrying them joins an incident, send later events with the
+/// same key to that incident (a Datadog recovery after its trigger, replies in a thread).
+pub const LINK_KEYS: [&str; 4] = [
+    KEY_DATADOG_CYCLE,
+    KEY_SLACK_THREAD,
+    KEY_GITHUB_PR,
+    KEY_CLOUDWATCH_ALARM,
+];
 
 /// Lifecycle state of an incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,8 +17,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
+use crate::correlate::Correlator;
 use crate::domain::{
-    CorrelationRule, Event, EventKind, Incident, IncidentId, IncidentStatus, KEY_PAGERDUTY_INCIDENT,
+    CorrelationRule, Event, EventKind, Incident, IncidentId, IncidentStatus, Source,
+    KEY_INCIDENT_REF, KEY_PAGERDUTY_INCIDENT, LINK_KEYS,
 };
 use crate::store::{DeliveryRecord, Store, StoreError, WriteTx};
 
@@ -32,6 +34,8 @@ pub struct Submission {
     pub events: Vec<Event>,
     /// The raw payload, kept for audit and re-normalization.
     pub raw: Vec<u8>,
+    /// Cursors saved atomically with the events (poller positions).
+    pub cursors: Vec<(String, String)>,
 }
 
 /// The answer to a submission, given once it is on disk.
@@ -81,6 +85,8 @@ pub enum Change {
     Acknowledged,
     Resolved,
     Reopened,
+    /// An event joined a resolved incident (grace window or explicit reference).
+    LateEvent,
 }
 
 struct Pending {
@@ -115,6 +121,7 @@ impl Ingest {
     /// Starts the committer on the current tokio runtime.
     pub fn start(
         store: Arc<dyn Store>,
+        correlator: Arc<Correlator>,
         max_batch: usize,
         queue_depth: usize,
     ) -> (Ingest, Committer) {
@@ -123,6 +130,7 @@ impl Ingest {
         let cancel = CancellationToken::new();
         let join = tokio::spawn(run_committer(
             store,
+            correlator,
             rx,
             max_batch.max(1),
             changes.clone(),
@@ -156,6 +164,7 @@ impl Ingest {
 
 async fn run_committer(
     store: Arc<dyn Store>,
+    correlator: Arc<Correlator>,
     mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
     changes: broadcast::Sender<LifecycleChange>,
@@ -170,7 +179,7 @@ async fn run_committer(
                 // Refuse new work, then commit everything already queued.
                 rx.close();
                 while rx.recv_many(&mut buf, max_batch).await > 0 {
-                    commit_batch(&store, std::mem::take(&mut buf), &changes).await;
+                    commit_batch(&store, &correlator, std::mem::take(&mut buf), &changes).await;
                 }
                 break;
             }
@@ -178,7 +187,7 @@ async fn run_committer(
         if n == 0 {
             break;
         }
-        commit_batch(&store, std::mem::take(&mut buf), &changes).await;
+        commit_batch(&store, &correlator, std::mem::take(&mut buf), &changes).await;
     }
     if let Err(e) = tokio::task::spawn_blocking(move || store.flush()).await {
         tracing::error!(error = %e, "final flush task failed");
@@ -188,16 +197,18 @@ async fn run_committer(
 
 async fn commit_batch(
     store: &Arc<dyn Store>,
+    correlator: &Arc<Correlator>,
     batch: Vec<Pending>,
     changes: &broadcast::Sender<LifecycleChange>,
 ) {
     let (submissions, replies): (Vec<Submission>, Vec<_>) =
         batch.into_iter().map(|p| (p.submission, p.reply)).unzip();
     let store = Arc::clone(store);
+    let correlator = Arc::clone(correlator);
     let started = std::time::Instant::now();
     let size = submissions.len();
     let result = tokio::task::spawn_blocking(move || {
-        apply_submissions(store.as_ref(), &submissions, Utc::now())
+        apply_submissions(store.as_ref(), &correlator, &submissions, Utc::now())
     })
     .await;
     metrics::histogram!("incidentpost_commit_duration_seconds").record(started.elapsed());
@@ -241,13 +252,44 @@ pub struct Applied {
 /// Applies submissions in one atomic, flushed unit. Public for the offline tools (import).
 pub fn apply_submissions(
     store: &dyn Store,
+    correlator: &Correlator,
     submissions: &[Submission],
     now: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
+    // Pull-in on open needs a range read of the stream, which cannot happen inside the
+    // unit; the committer is the only writer, so a snapshot taken now stays exact (this
+    // unit's own stream writes are tracked in `Unit::streamed`).
+    let may_open = submissions
+        .iter()
+        .flat_map(|s| &s.events)
+        .any(|e| e.source == Source::Pagerduty);
+    let snapshot = if may_open {
+        let widest = correlator.lookback.max(correlator.change_lookback);
+        let earliest = submissions
+            .iter()
+            .flat_map(|s| &s.events)
+            .map(|e| e.occurred_at)
+            .min()
+            .unwrap_or(now)
+            .min(now);
+        // The stream is keyed by arrival; an event arrives after it occurs (an hour of
+        // clock skew allowed), so nothing older can fall inside a look-back window.
+        store.stream_since(earliest - widest - chrono::Duration::hours(1))?
+    } else {
+        Vec::new()
+    };
     let mut applied = Applied::default();
     store.write(&mut |tx| {
         // The unit may be retried by the engine: start from scratch each time.
         applied = Applied::default();
+        let mut unit = Unit {
+            correlator,
+            now,
+            snapshot: &snapshot,
+            streamed: Vec::new(),
+            pulled: HashSet::new(),
+            changes: Vec::new(),
+        };
         let mut seen_in_batch: HashSet<&str> = HashSet::new();
         for sub in submissions {
             if let Some(first) = find_duplicate(tx, sub, &seen_in_batch)? {
@@ -261,10 +303,14 @@ pub fn apply_submissions(
             tx.put_raw(raw_id, &sub.raw)?;
             let mut event_ids = Vec::with_capacity(sub.events.len());
             let mut incident_ids = Vec::new();
+            for (key, value) in &sub.cursors {
+                tx.put_cursor(key, value)?;
+            }
             for event in &sub.events {
                 let mut event = event.clone();
                 event.raw_id = Some(raw_id);
-                if let Some(id) = attach_event(tx, &mut event, now, &mut applied.changes)? {
+                detect_rollback(tx, &mut event)?;
+                if let Some(id) = attach_event(tx, &mut unit, &mut event)? {
                     if !incident_ids.contains(&id) {
                         incident_ids.push(id);
                     }
@@ -284,6 +330,7 @@ pub fn apply_submissions(
                 incident_ids,
             });
         }
+        applied.changes = unit.changes;
         Ok(())
     })?;
     Ok(applied)
@@ -310,46 +357,257 @@ fn find_duplicate(
     Ok(None)
 }
 
-/// Attaches one event to its incident (opening, acknowledging, resolving or reopening it
-/// as PagerDuty says) or to the unattached stream. Returns the incident it joined.
+/// Per-unit state of the correlation pass.
+struct Unit<'a> {
+    correlator: &'a Correlator,
+    now: DateTime<Utc>,
+    /// The unattached stream as committed before this unit (see `apply_submissions`).
+    snapshot: &'a [Event],
+    /// Events put on the unattached stream earlier in this unit.
+    streamed: Vec<Event>,
+    /// Stream events pulled into an incident earlier in this unit.
+    pulled: HashSet<Ulid>,
+    changes: Vec<LifecycleChange>,
+}
+
+impl Unit<'_> {
+    fn change(&mut self, incident: &IncidentId, change: Change) {
+        self.changes.push(LifecycleChange {
+            incident_id: incident.clone(),
+            change,
+        });
+    }
+
+    fn within_grace(&self, incident: &Incident) -> bool {
+        incident
+            .resolved_at
+            .is_some_and(|at| self.now <= at + self.correlator.grace)
+    }
+}
+
+/// Attaches one event to its incident (PagerDuty events open, acknowledge, resolve and
+/// reopen it) or to the unattached stream. Returns the incident it joined.
 fn attach_event(
     tx: &mut dyn WriteTx,
+    unit: &mut Unit<'_>,
     event: &mut Event,
-    now: DateTime<Utc>,
-    changes: &mut Vec<LifecycleChange>,
 ) -> Result<Option<IncidentId>, StoreError> {
-    let explicit = event
-        .keys
-        .get(KEY_PAGERDUTY_INCIDENT)
+    let pagerduty_id = (event.source == Source::Pagerduty)
+        .then(|| event.keys.get(KEY_PAGERDUTY_INCIDENT))
+        .flatten()
         .and_then(|id| IncidentId::parse(id).ok());
-    let Some(id) = explicit else {
-        tx.put_stream_event(event)?;
-        return Ok(None);
-    };
-    let mut incident = match tx.incident(&id)? {
-        Some(existing) => existing,
-        None => {
-            // PagerDuty is the source of truth: an event for an incident we have not seen
-            // (we started after its trigger) opens it rather than being lost.
-            let incident = new_incident(id.clone(), event, now);
-            changes.push(LifecycleChange {
-                incident_id: id.clone(),
-                change: Change::Opened,
-            });
-            incident
+    if let Some(id) = pagerduty_id {
+        let (mut incident, opened) = match tx.incident(&id)? {
+            Some(existing) => (existing, false),
+            None => {
+                // PagerDuty is the source of truth: an event for an incident we have not
+                // seen (we started after its trigger) opens it rather than being lost.
+                let mut incident = new_incident(id.clone(), event, unit.now);
+                incident.service = unit.correlator.service_of(event).or(incident.service);
+                unit.change(&id, Change::Opened);
+                (incident, true)
+            }
+        };
+        apply_lifecycle(&mut incident, event, unit);
+        refresh_details(&mut incident, event);
+        append(
+            tx,
+            &mut incident,
+            event,
+            CorrelationRule::Explicit,
+            unit.now,
+        )?;
+        if opened {
+            pull_in(tx, unit, &mut incident)?;
         }
+        tx.put_incident(&incident)?;
+        return Ok(Some(id));
+    }
+    match correlate(tx, unit, event)? {
+        Some((mut incident, rule)) => {
+            append(tx, &mut incident, event, rule, unit.now)?;
+            tx.put_incident(&incident)?;
+            if !incident.status.is_open() {
+                unit.change(&incident.id, Change::LateEvent);
+            }
+            Ok(Some(incident.id))
+        }
+        None => {
+            tx.put_stream_event(event)?;
+            unit.streamed.push(event.clone());
+            Ok(None)
+        }
+    }
+}
+
+/// A deploy of an older version than the one last deployed to the same repository and
+/// environment is a rollback. Keeps the last deployed version as a cursor.
+fn detect_rollback(tx: &mut dyn WriteTx, event: &mut Event) -> Result<(), StoreError> {
+    if !matches!(
+        event.kind,
+        EventKind::ChangeDeployed | EventKind::ChangeRolledBack
+    ) {
+        return Ok(());
+    }
+    let (Some(repo), Some(env), Some(version)) = (
+        event.keys.get(crate::domain::KEY_GITHUB_REPO).cloned(),
+        attr_str(event, "environment").map(str::to_owned),
+        attr_str(event, "version").map(str::to_owned),
+    ) else {
+        return Ok(());
     };
-    apply_lifecycle(&mut incident, event, changes);
-    refresh_details(&mut incident, event);
-    event.incident_id = Some(id.clone());
-    event.correlation = Some(CorrelationRule::Explicit);
+    let key = format!("deploy:{repo}:{env}");
+    if let Some(previous) = tx.cursor(&key)? {
+        let older = match (
+            crate::sources::github::parse_version(&version),
+            crate::sources::github::parse_version(&previous),
+        ) {
+            (Some(new), Some(old)) => new < old,
+            _ => false,
+        };
+        if older && event.kind == EventKind::ChangeDeployed {
+            let name = event.service.clone().unwrap_or_else(|| repo.clone());
+            event.kind = EventKind::ChangeRolledBack;
+            event.title = format!("Rolled back {name} to {version}");
+            event
+                .attrs
+                .insert("previous_version".into(), Value::from(previous));
+        }
+    }
+    tx.put_cursor(&key, &version)
+}
+
+/// The correlation rules, in order. `None`: the event goes to the unattached stream.
+fn correlate(
+    tx: &mut dyn WriteTx,
+    unit: &Unit<'_>,
+    event: &Event,
+) -> Result<Option<(Incident, CorrelationRule)>, StoreError> {
+    // 1. Explicit: the event names an incident, or continues a thread already attached.
+    for key in [KEY_PAGERDUTY_INCIDENT, KEY_INCIDENT_REF] {
+        if let Some(id) = event.keys.get(key).and_then(|v| IncidentId::parse(v).ok()) {
+            if let Some(incident) = tx.incident(&id)? {
+                return Ok(Some((incident, CorrelationRule::Explicit)));
+            }
+        }
+    }
+    for key in LINK_KEYS {
+        let Some(value) = event.keys.get(key) else {
+            continue;
+        };
+        if let Some(id) = tx.link(&format!("{key}={value}"))? {
+            if let Some(incident) = tx.incident(&id)? {
+                if incident.status.is_open() {
+                    return Ok(Some((incident, CorrelationRule::Explicit)));
+                }
+                if unit.within_grace(&incident) {
+                    return Ok(Some((incident, CorrelationRule::Grace)));
+                }
+            }
+        }
+    }
+    let load = |tx: &dyn WriteTx, ids: Vec<IncidentId>| -> Result<Vec<Incident>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(i) = tx.incident(&id)? {
+                out.push(i);
+            }
+        }
+        // Most recently triggered first.
+        out.sort_by_key(|i| std::cmp::Reverse(i.triggered_at));
+        Ok(out)
+    };
+    let open = load(tx, tx.open_incidents()?)?;
+    let graced: Vec<Incident> = load(tx, tx.recently_resolved()?)?
+        .into_iter()
+        .filter(|i| unit.within_grace(i))
+        .collect();
+    let service = unit.correlator.service_of(event);
+
+    // 2. Service map.
+    if unit.correlator.has_map() {
+        if let Some(svc) = &service {
+            let same = |i: &&Incident| i.service.as_deref() == Some(svc.as_str());
+            if let Some(i) = open.iter().find(same) {
+                return Ok(Some((i.clone(), CorrelationRule::Service)));
+            }
+            if let Some(i) = graced.iter().find(same) {
+                return Ok(Some((i.clone(), CorrelationRule::Grace)));
+            }
+        }
+    }
+
+    // 3. The sole open incident — unless the map says the event is about another service.
+    if unit.correlator.sole_open_incident {
+        let compatible = |i: &Incident| match (&service, &i.service) {
+            (Some(a), Some(b)) if unit.correlator.has_map() => a == b,
+            _ => true,
+        };
+        if open.len() == 1 && compatible(&open[0]) {
+            return Ok(Some((open[0].clone(), CorrelationRule::SoleOpen)));
+        }
+        if open.is_empty() && graced.len() == 1 && compatible(&graced[0]) {
+            return Ok(Some((graced[0].clone(), CorrelationRule::Grace)));
+        }
+    }
+    Ok(None)
+}
+
+/// Appends an event to an incident (the caller stores the incident record).
+fn append(
+    tx: &mut dyn WriteTx,
+    incident: &mut Incident,
+    event: &mut Event,
+    rule: CorrelationRule,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    event.incident_id = Some(incident.id.clone());
+    event.correlation = Some(rule);
     let seq = incident.next_seq;
     incident.next_seq += 1;
     incident.event_count += 1;
     incident.updated_at = now;
     tx.put_incident_event(seq, event)?;
-    tx.put_incident(&incident)?;
-    Ok(Some(id))
+    for key in LINK_KEYS {
+        if let Some(value) = event.keys.get(key) {
+            tx.put_link(&format!("{key}={value}"), &incident.id)?;
+        }
+    }
+    Ok(())
+}
+
+/// On open, pulls in unattached events of the look-back window that match the
+/// incident's service (all of them when no service map is configured).
+fn pull_in(
+    tx: &mut dyn WriteTx,
+    unit: &mut Unit<'_>,
+    incident: &mut Incident,
+) -> Result<(), StoreError> {
+    let c = unit.correlator;
+    let mut candidates = unit.snapshot.to_vec();
+    candidates.extend(unit.streamed.iter().cloned());
+    for mut event in candidates {
+        if unit.pulled.contains(&event.id) {
+            continue;
+        }
+        let start = incident.triggered_at - c.lookback_for(&event);
+        if event.occurred_at < start || event.occurred_at > unit.now {
+            continue;
+        }
+        if c.has_map() && c.service_of(&event) != incident.service {
+            continue;
+        }
+        tx.remove_stream_event(event.id)?;
+        unit.pulled.insert(event.id);
+        append(
+            tx,
+            incident,
+            &mut event,
+            CorrelationRule::LookBack,
+            unit.now,
+        )?;
+    }
+    Ok(())
 }
 
 fn attr_str<'a>(event: &'a Event, key: &str) -> Option<&'a str> {
@@ -412,14 +670,10 @@ fn refresh_details(incident: &mut Incident, event: &Event) {
     }
 }
 
-fn apply_lifecycle(incident: &mut Incident, event: &Event, changes: &mut Vec<LifecycleChange>) {
+fn apply_lifecycle(incident: &mut Incident, event: &Event, unit: &mut Unit<'_>) {
     let at = event.occurred_at;
-    let mut push = |change| {
-        changes.push(LifecycleChange {
-            incident_id: incident.id.clone(),
-            change,
-        })
-    };
+    let id = incident.id.clone();
+    let mut push = |change| unit.change(&id, change);
     match event.kind {
         EventKind::IncidentTriggered | EventKind::IncidentReopened
             if incident.status == IncidentStatus::Resolved =>

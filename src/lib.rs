@@ -4,8 +4,10 @@
 //! lifecycle, durable append via `store`) → read API (`api`). See README.md.
 #![forbid(unsafe_code)]
 
+pub mod annotations;
 pub mod api;
 pub mod config;
+pub mod correlate;
 pub mod domain;
 pub mod ingest;
 pub mod sources;

@@ -14,9 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
+use crate::correlate::Correlator;
 use crate::domain::Source;
 use crate::ingest::{Committer, Ingest};
+use crate::sources::datadog::Datadog;
+use crate::sources::github::Github;
 use crate::sources::pagerduty::PagerDuty;
+use crate::sources::slack::Slack;
 use crate::sources::WebhookSource;
 use crate::store::{SledStore, Store};
 use crate::telemetry;
@@ -71,24 +75,15 @@ impl Application {
             tracing::warn!("api.token is not set: the read API is open to anyone who can reach it");
         }
 
+        let correlator = Arc::new(Correlator::from_settings(&settings));
         let (ingest, committer) = Ingest::start(
             store.clone(),
+            correlator,
             settings.storage.max_batch,
             settings.storage.queue_depth,
         );
 
-        let mut sources: BTreeMap<Source, Arc<dyn WebhookSource>> = BTreeMap::new();
-        let mut disabled_sources = Vec::new();
-        let pd = &settings.sources.pagerduty;
-        if pd.enabled {
-            sources.insert(
-                Source::Pagerduty,
-                Arc::new(PagerDuty::new(pd.secret.as_option().cloned())),
-            );
-        } else {
-            disabled_sources.push(Source::Pagerduty);
-        }
-
+        let (sources, disabled_sources) = build_sources(&settings);
         let state = web::Data::new(AppState {
             store: store.clone(),
             ingest: ingest.clone(),
@@ -161,6 +156,43 @@ impl Application {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// The enabled push sources, and the disabled ones (answered 404 `source_disabled`).
+fn build_sources(settings: &Settings) -> (BTreeMap<Source, Arc<dyn WebhookSource>>, Vec<Source>) {
+    let s = &settings.sources;
+    let candidates: Vec<(bool, Arc<dyn WebhookSource>)> = vec![
+        (
+            s.pagerduty.enabled,
+            Arc::new(PagerDuty::new(s.pagerduty.secret.as_option().cloned())),
+        ),
+        (
+            s.github.enabled,
+            Arc::new(Github::new(s.github.secret.as_option().cloned())),
+        ),
+        (
+            s.slack.enabled,
+            Arc::new(Slack::new(
+                s.slack.signing_secret.as_option().cloned(),
+                s.slack.include_bots,
+                s.slack.max_skew_secs,
+            )),
+        ),
+        (
+            s.datadog.enabled,
+            Arc::new(Datadog::new(s.datadog.token.as_option().cloned())),
+        ),
+    ];
+    let mut enabled = BTreeMap::new();
+    let mut disabled = Vec::new();
+    for (on, source) in candidates {
+        if on {
+            enabled.insert(source.source(), source);
+        } else {
+            disabled.push(source.source());
+        }
+    }
+    (enabled, disabled)
 }
 
 fn spawn_delivery_pruner(store: Arc<dyn Store>, retention_days: u32, stop: CancellationToken) {

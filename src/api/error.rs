@@ -22,7 +22,7 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     BodyRead(String),
-    #[error("unknown source '{0}'; known: pagerduty")]
+    #[error("unknown source '{0}'; webhooks are taken at /webhooks/pagerduty, datadog, github, slack and cloudwatch")]
     UnknownSource(String),
     #[error("source '{0}' is disabled in the configuration")]
     SourceDisabled(String),

@@ -67,6 +67,7 @@ async fn handle(
             delivery_keys: normalized.delivery_keys,
             events: normalized.events,
             raw: body.to_vec(),
+            cursors: Vec::new(),
         })
         .await?;
     let label = source.as_str();

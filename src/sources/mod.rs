@@ -4,8 +4,11 @@
 //! Sources never touch storage; what every source does (HMAC checks, timestamps) lives in
 //! [`signature`] and [`time`] once.
 
+pub mod datadog;
+pub mod github;
 pub mod pagerduty;
 pub mod signature;
+pub mod slack;
 pub mod time;
 
 use chrono::{DateTime, Utc};
@@ -115,6 +118,63 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Norm
     serde_json::from_value(value).map_err(|e| NormalizeError::Shape(e.to_string()))
 }
 
+/// The first measurement in a line of text: `98% capacity` → (98, "%"),
+/// `response time > 5000ms` → (5000, "ms"). Feeds "peak error rate 23%".
+pub fn extract_measure(text: &str) -> Option<(f64, String)> {
+    const UNITS: &[&str] = &["%", "ms", "req/s", "rps", "s", "MB", "GB", "KB"];
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts_number = bytes[i].is_ascii_digit()
+            && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'#'));
+        if !starts_number {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.' || bytes[i] == b',')
+        {
+            i += 1;
+        }
+        let number: String = text[start..i].chars().filter(|c| *c != ',').collect();
+        let number = number.trim_end_matches('.');
+        let rest = text[i..].trim_start_matches(' ');
+        for unit in UNITS {
+            if let Some(after) = rest.strip_prefix(unit) {
+                let boundary = after
+                    .chars()
+                    .next()
+                    .is_none_or(|c| !c.is_ascii_alphanumeric());
+                if boundary {
+                    if let Ok(v) = number.parse::<f64>() {
+                        return Some((v, (*unit).to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A PagerDuty incident id named in free text (an incident URL), if any.
+pub fn incident_ref_in(text: &str) -> Option<String> {
+    let idx = text.find(".pagerduty.com/incidents/")?;
+    let rest = &text[idx + ".pagerduty.com/incidents/".len()..];
+    let id: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    (!id.is_empty()).then_some(id)
+}
+
+/// True for a Datadog/Slack template variable that was not expanded (`$ALERT_ID`) or an
+/// empty value.
+pub fn is_unset(value: &str) -> bool {
+    let v = value.trim();
+    v.is_empty()
+        || (v.starts_with('$') && v[1..].chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+}
+
 /// Cuts a text to at most `max` characters, adding an ellipsis when cut.
 pub fn truncate(text: &str, max: usize) -> String {
     let text = text.trim();
@@ -155,6 +215,38 @@ mod tests {
             NormalizeError::Shape(_)
         ));
         assert_eq!(parse_json::<S>(b"{\"a\":1}").unwrap().a, 1);
+    }
+
+    #[test]
+    fn measures_are_found_in_alert_titles() {
+        let cases: &[(&str, Option<(f64, &str)>)] = &[
+            (
+                "PostgreSQL connection pool at 98% capacity",
+                Some((98.0, "%")),
+            ),
+            (
+                "Error rate: 23% of requests returning 503",
+                Some((23.0, "%")),
+            ),
+            ("API response time > 5000ms", Some((5000.0, "ms"))),
+            ("RDS CPU spike to 87.5 %", Some((87.5, "%"))),
+            ("PR #2847 merged", None),
+            ("HTTP 503 errors", None),
+        ];
+        for (text, want) in cases {
+            let got = extract_measure(text);
+            assert_eq!(got.as_ref().map(|(v, u)| (*v, u.as_str())), *want, "{text}");
+        }
+    }
+
+    #[test]
+    fn incident_urls_in_text_name_the_incident() {
+        assert_eq!(
+            incident_ref_in("see https://acme.pagerduty.com/incidents/PT4KHLK for details")
+                .as_deref(),
+            Some("PT4KHLK")
+        );
+        assert_eq!(incident_ref_in("no link here"), None);
     }
 
     #[test]

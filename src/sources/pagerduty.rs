@@ -16,8 +16,11 @@ use super::{
     parse_json, signature, time, truncate, Headers, NormalizeError, Normalized, VerifyError,
     WebhookSource,
 };
+use crate::annotations;
 use crate::config::Secret;
-use crate::domain::{Event, EventKind, Severity, Source, KEY_PAGERDUTY_INCIDENT};
+use crate::domain::{
+    Event, EventKind, Severity, Source, KEY_PAGERDUTY_INCIDENT, KEY_PAGERDUTY_SERVICE,
+};
 
 const SIGNATURE_HEADER: &str = "X-PagerDuty-Signature";
 
@@ -230,6 +233,7 @@ struct Draft {
     service: Option<String>,
     severity: Option<Severity>,
     url: Option<String>,
+    service_id: Option<String>,
     attrs: Map<String, Value>,
 }
 
@@ -242,6 +246,9 @@ impl Draft {
     ) -> Event {
         let mut keys = BTreeMap::new();
         keys.insert(KEY_PAGERDUTY_INCIDENT.to_owned(), self.incident_id);
+        if let Some(service_id) = self.service_id {
+            keys.insert(KEY_PAGERDUTY_SERVICE.to_owned(), service_id);
+        }
         Event {
             id: Ulid::new(),
             source: Source::Pagerduty,
@@ -349,6 +356,7 @@ fn incident_draft(kind: EventKind, data: &IncidentData, actor: Option<String>) -
         service: data.service.as_ref().and_then(|s| s.summary.clone()),
         severity,
         url: data.html_url.clone(),
+        service_id: data.service.as_ref().and_then(|s| s.id.clone()),
         attrs,
     }
 }
@@ -477,15 +485,22 @@ fn normalize_v3(
             service: None,
             severity: None,
             url: data.incident.html_url,
+            service_id: None,
             attrs,
         }
     };
     let mut ev = draft.into_event(occurred_at, received_at, &delivery);
     ev.attrs
         .insert("pagerduty_event_type".into(), Value::from(event.event_type));
+    let annotation = match (ev.kind, ev.attrs.get("text").and_then(Value::as_str)) {
+        (EventKind::IncidentNote, Some(text)) => annotations::derive(&ev, text),
+        _ => None,
+    };
+    let mut events = vec![ev];
+    events.extend(annotation);
     Ok(Normalized {
         delivery_keys,
-        events: vec![ev],
+        events,
         ..Default::default()
     })
 }

@@ -33,6 +33,30 @@ pub fn verify_hex(secret: &[u8], parts: &[&[u8]], hex_signature: &str) -> bool {
     mac.verify_slice(&expected).is_ok()
 }
 
+/// Constant-time equality of two secrets of any length (compares their HMACs under a
+/// fixed key, so neither length nor content leaks through timing).
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let key = b"incidentpost-compare";
+    let expected = hmac_sha256(key, &[b.as_bytes()]);
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(a.as_bytes());
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// Checks a shared-secret header (Datadog, EventBridge API destinations).
+pub fn verify_token(
+    expected: &str,
+    presented: Option<&str>,
+    header: &'static str,
+) -> Result<(), crate::sources::VerifyError> {
+    let presented = presented.ok_or(crate::sources::VerifyError::Missing(header))?;
+    if constant_time_eq(presented.trim(), expected) {
+        Ok(())
+    } else {
+        Err(crate::sources::VerifyError::Mismatch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

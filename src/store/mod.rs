@@ -60,6 +60,16 @@ pub trait WriteTx {
     fn open_incidents(&self) -> Result<Vec<IncidentId>, StoreError>;
     /// Inserts or replaces an incident record (and keeps the open-incident index).
     fn put_incident(&mut self, incident: &Incident) -> Result<(), StoreError>;
+    /// Incidents resolved in the last 24 hours (candidates for the grace window).
+    fn recently_resolved(&self) -> Result<Vec<IncidentId>, StoreError>;
+    /// The incident a link key (`datadog_cycle=…`, `slack_thread=…`) was attached to.
+    fn link(&self, key: &str) -> Result<Option<IncidentId>, StoreError>;
+    /// Records that a link key belongs to an incident.
+    fn put_link(&mut self, key: &str, incident: &IncidentId) -> Result<(), StoreError>;
+    /// A saved cursor (poller state, last deployed version per repo and environment).
+    fn cursor(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Saves a cursor in this unit, atomically with the events it covers.
+    fn put_cursor(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
     /// Appends an event to its incident's log under `seq`.
     fn put_incident_event(&mut self, seq: u64, event: &Event) -> Result<(), StoreError>;
     /// Appends an event to the unattached stream.
@@ -88,6 +98,12 @@ pub trait Store: Send + Sync + 'static {
     fn incident_events(&self, id: &IncidentId) -> Result<Vec<Event>, StoreError>;
     /// The unattached stream in arrival order.
     fn stream_events(&self) -> Result<Vec<Event>, StoreError>;
+    /// Unattached events received since `since`, in arrival order. Never call it from
+    /// inside [`Store::write`]: sled deadlocks on a plain read of a tree the running
+    /// transaction holds.
+    fn stream_since(&self, since: DateTime<Utc>) -> Result<Vec<Event>, StoreError>;
+    /// A saved cursor, outside any unit.
+    fn cursor(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// A raw payload by event (or receipt) id.
     fn raw(&self, id: Ulid) -> Result<Option<Vec<u8>>, StoreError>;
     /// Forgets delivery keys stored before `cutoff`; returns how many were removed.

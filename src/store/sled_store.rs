@@ -21,6 +21,9 @@ use crate::domain::{Event, Incident, IncidentId};
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_OPEN: &[u8] = b"open_incidents";
+const META_RECENT: &[u8] = b"recently_resolved";
+/// How long a resolved incident stays in the recently-resolved index.
+const RECENT_HOURS: i64 = 24;
 
 /// sled-backed [`Store`].
 pub struct SledStore {
@@ -30,6 +33,8 @@ pub struct SledStore {
     stream: sled::Tree,
     raw: sled::Tree,
     deliveries: sled::Tree,
+    links: sled::Tree,
+    cursors: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -91,6 +96,8 @@ impl SledStore {
             stream: db.open_tree("stream")?,
             raw: db.open_tree("raw")?,
             deliveries: db.open_tree("deliveries")?,
+            links: db.open_tree("links")?,
+            cursors: db.open_tree("cursors")?,
             meta: db.open_tree("meta")?,
             db,
         };
@@ -129,6 +136,8 @@ struct SledTx<'a> {
     stream: &'a TransactionalTree,
     raw: &'a TransactionalTree,
     deliveries: &'a TransactionalTree,
+    links: &'a TransactionalTree,
+    cursors: &'a TransactionalTree,
     meta: &'a TransactionalTree,
 }
 
@@ -138,6 +147,30 @@ impl SledTx<'_> {
             Some(v) => decode(META_OPEN, &v),
             None => Ok(Vec::new()),
         }
+    }
+
+    fn recent_set(&self) -> Result<Vec<(IncidentId, DateTime<Utc>)>, StoreError> {
+        match self.meta.get(META_RECENT)? {
+            Some(v) => decode(META_RECENT, &v),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Keeps the recently-resolved index: resolved incidents enter it, reopened ones
+    /// leave it, entries older than a day fall out.
+    fn update_recent(&self, incident: &Incident) -> Result<(), StoreError> {
+        let mut recent = self.recent_set()?;
+        let before = recent.clone();
+        recent.retain(|(id, _)| id != &incident.id);
+        if let (false, Some(at)) = (incident.status.is_open(), incident.resolved_at) {
+            recent.push((incident.id.clone(), at));
+        }
+        let cutoff = Utc::now() - chrono::Duration::hours(RECENT_HOURS);
+        recent.retain(|(_, at)| *at >= cutoff);
+        if recent != before {
+            self.meta.insert(META_RECENT, encode(&recent)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -165,6 +198,34 @@ impl WriteTx for SledTx<'_> {
         self.open_set()
     }
 
+    fn recently_resolved(&self) -> Result<Vec<IncidentId>, StoreError> {
+        Ok(self.recent_set()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    fn cursor(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .cursors
+            .get(key.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn put_cursor(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.cursors.insert(key.as_bytes(), value.as_bytes())?;
+        Ok(())
+    }
+
+    fn link(&self, key: &str) -> Result<Option<IncidentId>, StoreError> {
+        self.links
+            .get(key.as_bytes())?
+            .map(|v| decode(key.as_bytes(), &v))
+            .transpose()
+    }
+
+    fn put_link(&mut self, key: &str, incident: &IncidentId) -> Result<(), StoreError> {
+        self.links.insert(key.as_bytes(), encode(incident)?)?;
+        Ok(())
+    }
+
     fn put_incident(&mut self, incident: &Incident) -> Result<(), StoreError> {
         self.incidents
             .insert(incident.id.as_str().as_bytes(), encode(incident)?)?;
@@ -179,7 +240,7 @@ impl WriteTx for SledTx<'_> {
             }
             self.meta.insert(META_OPEN, encode(&open)?)?;
         }
-        Ok(())
+        self.update_recent(incident)
     }
 
     fn put_incident_event(&mut self, seq: u64, event: &Event) -> Result<(), StoreError> {
@@ -220,24 +281,30 @@ impl Store for SledStore {
             &self.stream,
             &self.raw,
             &self.deliveries,
+            &self.links,
+            &self.cursors,
             &self.meta,
         );
-        let result = trees.transaction(|(incidents, events, stream, raw, deliveries, meta)| {
-            let mut tx = SledTx {
-                incidents,
-                events,
-                stream,
-                raw,
-                deliveries,
-                meta,
-            };
-            let mut work = work.borrow_mut();
-            match (*work)(&mut tx) {
-                Ok(()) => Ok(()),
-                Err(StoreError::Conflict) => Err(ConflictableTransactionError::Conflict),
-                Err(e) => Err(ConflictableTransactionError::Abort(e)),
-            }
-        });
+        let result = trees.transaction(
+            |(incidents, events, stream, raw, deliveries, links, cursors, meta)| {
+                let mut tx = SledTx {
+                    incidents,
+                    events,
+                    stream,
+                    raw,
+                    deliveries,
+                    links,
+                    cursors,
+                    meta,
+                };
+                let mut work = work.borrow_mut();
+                match (*work)(&mut tx) {
+                    Ok(()) => Ok(()),
+                    Err(StoreError::Conflict) => Err(ConflictableTransactionError::Conflict),
+                    Err(e) => Err(ConflictableTransactionError::Abort(e)),
+                }
+            },
+        );
         match result {
             Ok(()) => {}
             Err(TransactionError::Abort(e)) => return Err(e),
@@ -282,6 +349,18 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn stream_since(&self, since: DateTime<Utc>) -> Result<Vec<Event>, StoreError> {
+        let ms = u64::try_from(since.timestamp_millis()).unwrap_or(0);
+        let start = Ulid::from_parts(ms, 0).to_bytes();
+        self.stream
+            .range(&start[..]..)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
     fn stream_events(&self) -> Result<Vec<Event>, StoreError> {
         self.stream
             .iter()
@@ -290,6 +369,13 @@ impl Store for SledStore {
                 decode(&k, &v)
             })
             .collect()
+    }
+
+    fn cursor(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .cursors
+            .get(key.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     fn raw(&self, id: Ulid) -> Result<Option<Vec<u8>>, StoreError> {

@@ -221,6 +221,15 @@ impl Store for FaultyStore {
     fn stream_events(&self) -> Result<Vec<incidentpost::domain::Event>, StoreError> {
         self.inner.stream_events()
     }
+    fn stream_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<incidentpost::domain::Event>, StoreError> {
+        self.inner.stream_since(since)
+    }
+    fn cursor(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.cursor(key)
+    }
     fn raw(&self, id: ulid::Ulid) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.raw(id)
     }
