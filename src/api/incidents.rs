@@ -118,3 +118,40 @@ pub async fn events(
     });
     Ok(HttpResponse::Ok().json(json!({"incident_id": id, "events": events})))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /events/unattached`: events no incident has claimed, ordered by `occurred_at`
+/// (the most recent `limit` of them).
+pub async fn unattached(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<StreamQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::InvalidQuery(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let store = state.store.clone();
+    let mut events = web::block(move || store.stream_events())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    events.sort_by(|a, b| {
+        a.occurred_at
+            .cmp(&b.occurred_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let total = events.len();
+    let events: Vec<_> = events
+        .into_iter()
+        .skip(total.saturating_sub(limit))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"events": events, "total": total})))
+}

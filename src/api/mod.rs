@@ -49,6 +49,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/incidents", web::get().to(incidents::list))
     .route("/incidents/{id}", web::get().to(incidents::get))
     .route("/incidents/{id}/events", web::get().to(incidents::events))
+    .route("/events/unattached", web::get().to(incidents::unattached))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound)
     }));

@@ -92,17 +92,21 @@ fn set(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !is_unset(s))
 }
 
-/// Splits `[Triggered on {service:api}] Error monitor` into (`Triggered`, `Error monitor`).
+/// Splits `[P2] [Triggered on {service:api}] Error monitor` into (`Triggered`,
+/// `Error monitor`): leading bracket groups are dropped, the one naming a transition kept.
 fn split_title(title: &str) -> (Option<&str>, &str) {
-    let t = title.trim();
-    if let Some(rest) = t.strip_prefix('[') {
-        if let Some(end) = rest.find(']') {
-            let tag = &rest[..end];
-            let transition = tag.split(" on ").next().unwrap_or(tag).trim();
-            return (Some(transition), rest[end + 1..].trim());
+    let mut t = title.trim();
+    let mut transition = None;
+    while let Some(rest) = t.strip_prefix('[') {
+        let Some(end) = rest.find(']') else { break };
+        let tag = &rest[..end];
+        let name = tag.split(" on ").next().unwrap_or(tag).trim();
+        if kind_of(name).is_some() {
+            transition = Some(name);
         }
+        t = rest[end + 1..].trim_start();
     }
-    (None, t)
+    (transition, t.trim())
 }
 
 fn kind_of(transition: &str) -> Option<EventKind> {
@@ -299,6 +303,10 @@ mod tests {
             (Some("Recovered"), "DB pool")
         );
         assert_eq!(split_title("Plain"), (None, "Plain"));
+        assert_eq!(
+            split_title("[P2] [Warn] Unauthorized"),
+            (Some("Warn"), "Unauthorized")
+        );
     }
 
     #[test]

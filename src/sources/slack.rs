@@ -202,8 +202,7 @@ impl WebhookSource for Slack {
             );
         }
         let subtype = s(&ev, "subtype");
-        let is_bot =
-            subtype == Some("bot_message") || ev.get("bot_id").is_some_and(|b| !b.is_null());
+        let is_bot = subtype == Some("bot_message") || s(&ev, "bot_id").is_some();
         if is_bot && !self.include_bots {
             return ignore(
                 "bot message (sources.slack.include_bots is off)".into(),

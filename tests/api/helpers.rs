@@ -11,6 +11,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 pub const PD_SECRET: &str = "pd-test-secret";
+pub const GH_SECRET: &str = "gh-test-secret";
+pub const SLACK_SECRET: &str = "slack-test-secret";
+pub const DD_TOKEN: &str = "dd-test-token";
 
 pub fn fixture_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -48,7 +51,10 @@ pub fn test_settings(dir: &Path, extra: &str) -> Settings {
     let base = format!(
         "[server]\nport = 0\nworkers = 2\nshutdown_timeout_secs = 5\n\
          [storage]\npath = '{}'\n\
-         [sources.pagerduty]\nsecret = '{PD_SECRET}'\n",
+         [sources.pagerduty]\nsecret = '{PD_SECRET}'\n\
+         [sources.github]\nsecret = '{GH_SECRET}'\n\
+         [sources.slack]\nsigning_secret = '{SLACK_SECRET}'\n\
+         [sources.datadog]\ntoken = '{DD_TOKEN}'\n",
         dir.display()
     );
     Settings::from_toml_layers(&[&base, extra]).expect("test settings are valid")
@@ -117,6 +123,90 @@ impl TestApp {
             req = req.header("X-Webhook-Id", id);
         }
         req.send().await.expect("request reaches the server")
+    }
+
+    /// Posts a body to `/webhooks/{source}` with the given headers.
+    pub async fn post_webhook(
+        &self,
+        source: &str,
+        body: &[u8],
+        headers: &[(&str, String)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(format!("{}/webhooks/{source}", self.address))
+            .body(body.to_vec());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        req.send().await.expect("request reaches the server")
+    }
+
+    /// Signs and posts a GitHub delivery.
+    pub async fn post_github(&self, event: &str, delivery: &str, body: &[u8]) -> reqwest::Response {
+        let sig = format!(
+            "sha256={}",
+            incidentpost::sources::signature::hmac_sha256_hex(GH_SECRET.as_bytes(), &[body])
+        );
+        self.post_webhook(
+            "github",
+            body,
+            &[
+                ("X-GitHub-Event", event.to_owned()),
+                ("X-GitHub-Delivery", delivery.to_owned()),
+                ("X-GitHub-Hook-ID", "4242".to_owned()),
+                ("X-Hub-Signature-256", sig),
+                ("Content-Type", "application/json".to_owned()),
+            ],
+        )
+        .await
+    }
+
+    /// Signs (timestamp now) and posts a Slack Events API request.
+    pub async fn post_slack(&self, body: &[u8]) -> reqwest::Response {
+        let ts = chrono::Utc::now().timestamp().to_string();
+        self.post_slack_at(body, &ts).await
+    }
+
+    pub async fn post_slack_at(&self, body: &[u8], ts: &str) -> reqwest::Response {
+        let sig = format!(
+            "v0={}",
+            incidentpost::sources::signature::hmac_sha256_hex(
+                SLACK_SECRET.as_bytes(),
+                &[b"v0:", ts.as_bytes(), b":", body]
+            )
+        );
+        self.post_webhook(
+            "slack",
+            body,
+            &[
+                ("X-Slack-Request-Timestamp", ts.to_owned()),
+                ("X-Slack-Signature", sig),
+                ("Content-Type", "application/json".to_owned()),
+            ],
+        )
+        .await
+    }
+
+    /// Posts a Datadog webhook with the shared token.
+    pub async fn post_datadog(&self, body: &[u8]) -> reqwest::Response {
+        self.post_webhook(
+            "datadog",
+            body,
+            &[
+                ("X-IncidentPost-Token", DD_TOKEN.to_owned()),
+                ("Content-Type", "application/json".to_owned()),
+            ],
+        )
+        .await
+    }
+
+    /// Unattached events, ordered by `occurred_at`.
+    pub async fn unattached(&self) -> Vec<Value> {
+        self.get_json("/events/unattached?limit=500").await["events"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -251,4 +341,93 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A Slack `event_callback` message built from the recorded capture.
+pub fn slack_message(event_id: &str, channel: &str, ts: &str, text: &str) -> Vec<u8> {
+    let mut v = fixture_json("slack/event_callback.message.zulip.json");
+    v["event_id"] = event_id.into();
+    v["event"]["channel"] = channel.into();
+    v["event"]["ts"] = ts.into();
+    v["event"]["event_ts"] = ts.into();
+    v["event"]["text"] = text.into();
+    v["event"]["user"] = "sarah".into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// A Datadog payload in the recommended template (config/datadog-payload-template.json),
+/// rendered with the given values.
+pub fn datadog_alert(
+    id: &str,
+    transition: &str,
+    title: &str,
+    cycle: &str,
+    tags: &str,
+    date: chrono::DateTime<chrono::Utc>,
+) -> Vec<u8> {
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/datadog-payload-template.json"),
+    )
+    .unwrap();
+    let ms = date.timestamp_millis().to_string();
+    let values = [
+        ("$ID", id),
+        ("$EVENT_TITLE", title),
+        ("$EVENT_MSG", "%%%\\nMonitor body\\n%%%"),
+        ("$DATE", &ms),
+        ("$LAST_UPDATED", &ms),
+        ("$EVENT_TYPE", "query_alert_monitor"),
+        ("$ALERT_TRANSITION", transition),
+        (
+            "$ALERT_TYPE",
+            if transition == "Recovered" {
+                "success"
+            } else {
+                "error"
+            },
+        ),
+        ("$ALERT_ID", "160076582"),
+        ("$ALERT_CYCLE_KEY", cycle),
+        ("$AGGREG_KEY", "agg-1"),
+        ("$ALERT_METRIC", "postgresql.percent_usage_connections"),
+        (
+            "$ALERT_QUERY",
+            "avg(last_5m):avg:postgresql.percent_usage_connections{*} > 0.9",
+        ),
+        ("$ALERT_SCOPE", ""),
+        ("$TAGS", tags),
+        ("$ALERT_PRIORITY", "P1"),
+        ("$LINK", "https://app.datadoghq.com/event/event?id=1"),
+        ("$ORG_ID", "1"),
+        ("$ORG_NAME", "Acme"),
+    ];
+    let mut out = template;
+    // Longest names first so $ALERT_TYPE does not clobber $ALERT_TYPE_x and the like.
+    let mut sorted = values.to_vec();
+    sorted.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+    for (k, v) in sorted {
+        out = out.replace(k, v);
+    }
+    out.into_bytes()
+}
+
+/// Like [`pd_v3`], on another PagerDuty service.
+pub fn pd_v3_on(
+    service: &str,
+    event_type: &str,
+    incident_id: &str,
+    event_id: &str,
+    occurred_at: &str,
+) -> Vec<u8> {
+    let mut v: Value =
+        serde_json::from_slice(&pd_v3(event_type, incident_id, event_id, occurred_at)).unwrap();
+    v["event"]["data"]["service"]["summary"] = service.into();
+    v["event"]["data"]["service"]["id"] = format!("PSVC{}", service.len()).into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// RFC 3339 for `now + minutes` (negative: in the past), second precision.
+pub fn at_offset(minutes: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::minutes(minutes))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

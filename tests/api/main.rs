@@ -2,9 +2,13 @@
 //! binary so the crate links once.
 
 mod config_cli;
+mod correlation;
+mod datadog;
 mod durability;
+mod github;
 mod helpers;
 mod lifecycle;
 mod ops;
 mod pagerduty;
 mod read_api;
+mod slack;
