@@ -240,7 +240,7 @@ pub struct DatadogSettings {
 pub struct CloudWatchSourceSettings {
     pub enabled: bool,
     pub token: Secret,
-    pub sns_cert_base_url: String,
+    pub sns_base_url: String,
     pub sns_auto_confirm: bool,
 }
 
@@ -386,10 +386,10 @@ impl Settings {
             if cw.region.trim().is_empty() {
                 return Err(invalid("pollers.cloudwatch.region", "must be set"));
             }
-            if !(5..=86_400).contains(&cw.interval_secs) {
+            if !(1..=86_400).contains(&cw.interval_secs) {
                 return Err(invalid(
                     "pollers.cloudwatch.interval_secs",
-                    "must be between 5 and 86400",
+                    "must be between 1 and 86400",
                 ));
             }
         }

@@ -292,6 +292,11 @@ pub fn apply_submissions(
         };
         let mut seen_in_batch: HashSet<&str> = HashSet::new();
         for sub in submissions {
+            // Cursors advance even for a duplicate (the same alarm transition pushed by
+            // SNS and then seen by the poller), so the poller does not retry it forever.
+            for (key, value) in &sub.cursors {
+                tx.put_cursor(key, value)?;
+            }
             if let Some(first) = find_duplicate(tx, sub, &seen_in_batch)? {
                 applied.receipts.push(Receipt::Duplicate {
                     event_ids: first.event_ids,
@@ -300,15 +305,14 @@ pub fn apply_submissions(
             }
             seen_in_batch.extend(sub.delivery_keys.iter().map(String::as_str));
             let raw_id = sub.events.first().map(|e| e.id).unwrap_or_else(Ulid::new);
-            tx.put_raw(raw_id, &sub.raw)?;
+            if !sub.raw.is_empty() {
+                tx.put_raw(raw_id, &sub.raw)?;
+            }
             let mut event_ids = Vec::with_capacity(sub.events.len());
             let mut incident_ids = Vec::new();
-            for (key, value) in &sub.cursors {
-                tx.put_cursor(key, value)?;
-            }
             for event in &sub.events {
                 let mut event = event.clone();
-                event.raw_id = Some(raw_id);
+                event.raw_id = (!sub.raw.is_empty()).then_some(raw_id);
                 detect_rollback(tx, &mut event)?;
                 if let Some(id) = attach_event(tx, &mut unit, &mut event)? {
                     if !incident_ids.contains(&id) {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod correlate;
 pub mod domain;
 pub mod ingest;
+pub mod pollers;
 pub mod sources;
 pub mod startup;
 pub mod store;

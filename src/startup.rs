@@ -17,6 +17,8 @@ use crate::config::Settings;
 use crate::correlate::Correlator;
 use crate::domain::Source;
 use crate::ingest::{Committer, Ingest};
+use crate::pollers::cloudwatch::CloudWatchPoller;
+use crate::sources::cloudwatch::CloudWatch;
 use crate::sources::datadog::Datadog;
 use crate::sources::github::Github;
 use crate::sources::pagerduty::PagerDuty;
@@ -30,6 +32,7 @@ pub struct Application {
     port: u16,
     server: Server,
     committer: Committer,
+    ingest: Ingest,
     store: Arc<dyn Store>,
     background: CancellationToken,
 }
@@ -84,6 +87,17 @@ impl Application {
         );
 
         let (sources, disabled_sources) = build_sources(&settings);
+        let background = CancellationToken::new();
+        let mut pollers = Vec::new();
+        if settings.pollers.cloudwatch.enabled {
+            let cw = &settings.pollers.cloudwatch;
+            let client = crate::pollers::cloudwatch::client_from_settings(cw).await;
+            let poller = CloudWatchPoller::new(client, cw.clone(), store.clone(), ingest.clone());
+            pollers.push(poller.health());
+            tracing::info!(region = %cw.region, interval_secs = cw.interval_secs, metrics = cw.metrics.len(), "CloudWatch poller started");
+            tokio::spawn(poller.run(background.clone()));
+        }
+
         let state = web::Data::new(AppState {
             store: store.clone(),
             ingest: ingest.clone(),
@@ -92,15 +106,16 @@ impl Application {
             api_token: settings.api.token.as_option().cloned(),
             max_body_bytes: settings.server.max_body_bytes,
             metrics: telemetry::metrics_handle(),
+            pollers,
         });
 
-        let background = CancellationToken::new();
         spawn_delivery_pruner(
             store.clone(),
             settings.storage.delivery_retention_days,
             background.clone(),
         );
         spawn_lifecycle_logger(ingest.clone(), background.clone());
+        let ingest_handle = ingest.clone();
 
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address)
@@ -126,6 +141,7 @@ impl Application {
             port,
             server: server.run(),
             committer,
+            ingest: ingest_handle,
             store,
             background,
         })
@@ -134,6 +150,16 @@ impl Application {
     /// The bound port (useful with `server.port = 0`).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The ingest handle (pollers and tools submit through it).
+    pub fn ingest(&self) -> Ingest {
+        self.ingest.clone()
+    }
+
+    /// The store the application writes to.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     /// A handle that stops the server gracefully (as SIGTERM does).
@@ -181,6 +207,10 @@ fn build_sources(settings: &Settings) -> (BTreeMap<Source, Arc<dyn WebhookSource
         (
             s.datadog.enabled,
             Arc::new(Datadog::new(s.datadog.token.as_option().cloned())),
+        ),
+        (
+            s.cloudwatch.enabled,
+            Arc::new(CloudWatch::new(&s.cloudwatch)),
         ),
     ];
     let mut enabled = BTreeMap::new();

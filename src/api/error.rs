@@ -49,6 +49,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Signature(VerifyError::Missing(_)) => "missing_signature",
             ApiError::Signature(VerifyError::Stale) => "stale_timestamp",
+            ApiError::Signature(VerifyError::Unavailable(_)) => "verification_unavailable",
             ApiError::Signature(_) => "invalid_signature",
             ApiError::Payload(NormalizeError::Empty) => "empty_body",
             ApiError::Payload(NormalizeError::Malformed(_)) => "malformed_body",
@@ -92,6 +93,7 @@ impl From<StoreError> for ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
+            ApiError::Signature(VerifyError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized(_) | ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
             ApiError::Payload(_)
             | ApiError::BodyRead(_)
@@ -116,7 +118,12 @@ impl ResponseError for ApiError {
             other => other.to_string(),
         };
         let mut res = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::StorageUnavailable | ApiError::Overloaded) {
+        if matches!(
+            self,
+            ApiError::StorageUnavailable
+                | ApiError::Overloaded
+                | ApiError::Signature(VerifyError::Unavailable(_))
+        ) {
             res.insert_header(("Retry-After", "5"));
         }
         if matches!(self, ApiError::Unauthorized(_)) {

@@ -31,6 +31,8 @@ pub struct AppState {
     pub api_token: Option<Secret>,
     pub max_body_bytes: usize,
     pub metrics: PrometheusHandle,
+    /// Health of the running pollers, for `/readyz`.
+    pub pollers: Vec<Arc<crate::pollers::PollerHealth>>,
 }
 
 /// The route table: every route of the service is registered here.

@@ -18,9 +18,17 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     };
     let queued = state.ingest.queued();
     let ready = storage == "ok";
+    let now = chrono::Utc::now();
+    // A stale poller is reported but does not fail readiness: webhooks still work, and
+    // taking the instance out of the load balancer would lose them.
+    let pollers: serde_json::Map<String, serde_json::Value> = state
+        .pollers
+        .iter()
+        .map(|p| (p.name().to_owned(), p.status(now)))
+        .collect();
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
-        "checks": {"storage": storage, "ingest_queue": queued},
+        "checks": {"storage": storage, "ingest_queue": queued, "pollers": pollers},
     });
     if ready {
         HttpResponse::Ok().json(body)

@@ -55,6 +55,7 @@ async fn handle(
             .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?.to_owned()))),
     );
     let now = Utc::now();
+    handler.prefetch(&headers, &body).await?;
     handler.verify(&headers, &body, now)?;
     let normalized = handler.normalize(&headers, &body, now)?;
     if let Some(reply) = normalized.reply {

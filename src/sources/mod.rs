@@ -4,6 +4,7 @@
 //! Sources never touch storage; what every source does (HMAC checks, timestamps) lives in
 //! [`signature`] and [`time`] once.
 
+pub mod cloudwatch;
 pub mod datadog;
 pub mod github;
 pub mod pagerduty;
@@ -59,6 +60,9 @@ pub enum VerifyError {
     /// The signed timestamp is outside the accepted window (replay protection).
     #[error("request timestamp is outside the accepted window")]
     Stale,
+    /// What verification needs could not be had now (an SNS certificate); retry later.
+    #[error("cannot verify the request now: {0}")]
+    Unavailable(String),
 }
 
 /// Payload failures: the request is answered 400 and nothing is stored.
@@ -92,6 +96,15 @@ pub struct Normalized {
 pub trait WebhookSource: Send + Sync + 'static {
     /// Which source this is.
     fn source(&self) -> Source;
+
+    /// Fetches what verification needs (SNS signing certificates), before `verify`.
+    fn prefetch<'a>(
+        &'a self,
+        _headers: &'a Headers,
+        _body: &'a [u8],
+    ) -> futures_util::future::BoxFuture<'a, Result<(), VerifyError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Checks the request's signature or token on the raw body, before any parsing.
     /// `now` is passed in so replay windows are testable.

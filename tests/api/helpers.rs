@@ -44,6 +44,8 @@ pub struct TestApp {
     pub handle: actix_web::dev::ServerHandle,
     pub join: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub api_token: Option<String>,
+    pub ingest: incidentpost::ingest::Ingest,
+    pub store: Arc<dyn Store>,
 }
 
 /// The settings every test starts from: port 0, a temp dir, a PagerDuty secret.
@@ -87,6 +89,8 @@ pub async fn spawn_with_store(
         .unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
+    let ingest = app.ingest();
+    let store = app.store();
     let join = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
@@ -95,6 +99,8 @@ pub async fn spawn_with_store(
         handle,
         join,
         api_token,
+        ingest,
+        store,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real service on loopback, real sled in a temp dir. One test
 //! binary so the crate links once.
 
+mod cloudwatch;
 mod config_cli;
 mod correlation;
 mod datadog;
