@@ -288,6 +288,7 @@ pub fn apply_submissions(
             snapshot: &snapshot,
             streamed: Vec::new(),
             pulled: HashSet::new(),
+            placed: std::collections::HashMap::new(),
             changes: Vec::new(),
         };
         let mut seen_in_batch: HashSet<&str> = HashSet::new();
@@ -371,6 +372,9 @@ struct Unit<'a> {
     streamed: Vec<Event>,
     /// Stream events pulled into an incident earlier in this unit.
     pulled: HashSet<Ulid>,
+    /// Where each event of this unit went, so an annotation follows the message it was
+    /// derived from (same incident, same rule).
+    placed: std::collections::HashMap<Ulid, (IncidentId, CorrelationRule)>,
     changes: Vec<LifecycleChange>,
 }
 
@@ -427,9 +431,17 @@ fn attach_event(
         tx.put_incident(&incident)?;
         return Ok(Some(id));
     }
-    match correlate(tx, unit, event)? {
+    let parent = attr_str(event, "annotates")
+        .and_then(|id| id.parse::<Ulid>().ok())
+        .and_then(|id| unit.placed.get(&id).cloned());
+    let target = match parent {
+        Some((id, rule)) => tx.incident(&id)?.map(|incident| (incident, rule)),
+        None => correlate(tx, unit, event)?,
+    };
+    match target {
         Some((mut incident, rule)) => {
             append(tx, &mut incident, event, rule, unit.now)?;
+            unit.placed.insert(event.id, (incident.id.clone(), rule));
             tx.put_incident(&incident)?;
             if !incident.status.is_open() {
                 unit.change(&incident.id, Change::LateEvent);

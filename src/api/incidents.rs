@@ -111,11 +111,8 @@ pub async fn events(
     let mut events = web::block(move || store.incident_events(&key))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    events.sort_by(|a, b| {
-        a.occurred_at
-            .cmp(&b.occurred_at)
-            .then_with(|| a.id.cmp(&b.id))
-    });
+    // Stable: events of the same instant keep their append order.
+    events.sort_by_key(|e| e.occurred_at);
     Ok(HttpResponse::Ok().json(json!({"incident_id": id, "events": events})))
 }
 
@@ -143,11 +140,8 @@ pub async fn unattached(
     let mut events = web::block(move || store.stream_events())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    events.sort_by(|a, b| {
-        a.occurred_at
-            .cmp(&b.occurred_at)
-            .then_with(|| a.id.cmp(&b.id))
-    });
+    // Stable: events of the same instant keep their append order.
+    events.sort_by_key(|e| e.occurred_at);
     let total = events.len();
     let events: Vec<_> = events
         .into_iter()

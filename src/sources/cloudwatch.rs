@@ -64,6 +64,20 @@ fn comparison_symbol(op: &str) -> &'static str {
     }
 }
 
+/// The comparison CloudWatch states in a reason ("was greater than the threshold").
+fn comparison_in_reason(reason: &str) -> Option<&'static str> {
+    let r = reason.to_ascii_lowercase();
+    [
+        ("greater than or equal to the threshold", ">="),
+        ("greater than the threshold", ">"),
+        ("less than or equal to the threshold", "<="),
+        ("less than the threshold", "<"),
+    ]
+    .into_iter()
+    .find(|(text, _)| r.contains(text) && !r.contains(&format!("not {text}")))
+    .map(|(_, op)| op)
+}
+
 /// `12.0` → `12`, `87.456` → `87.5`.
 pub fn format_number(v: f64) -> String {
     if (v - v.round()).abs() < 0.05 {
@@ -143,14 +157,13 @@ impl AlarmChange {
                     Some(ns) => format!("{ns} {metric}"),
                     None => metric.clone(),
                 };
-                let cmp = match (
-                    self.state.as_str(),
-                    self.threshold_value(),
-                    self.comparison.as_deref(),
-                ) {
-                    ("ALARM", Some(t), Some(op)) => {
-                        format!(" {} {}{unit}", comparison_symbol(op), format_number(t))
-                    }
+                let op = self
+                    .comparison
+                    .as_deref()
+                    .map(comparison_symbol)
+                    .or_else(|| self.reason.as_deref().and_then(comparison_in_reason));
+                let cmp = match (self.state.as_str(), self.threshold_value(), op) {
+                    ("ALARM", Some(t), Some(op)) => format!(" {op} {}{unit}", format_number(t)),
                     _ => String::new(),
                 };
                 format!("{head} {}{unit}{cmp} ({})", format_number(v), self.state)

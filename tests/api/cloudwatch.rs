@@ -372,7 +372,7 @@ async fn eventbridge_alarm_events_are_accepted_with_the_token_and_deduplicated()
     }
     let events = app.unattached().await;
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0]["title"], "EC2 CPUUtilization 99.5% (ALARM)");
+    assert_eq!(events[0]["title"], "EC2 CPUUtilization 99.5% > 50% (ALARM)");
     assert_eq!(events[0]["occurred_at"], "2019-10-02T17:04:40.989Z");
     assert_eq!(events[0]["keys"]["cloudwatch_alarm"], "ServerCpuTooHigh");
     // Other EventBridge fixtures are accepted too.

@@ -12,4 +12,5 @@ mod lifecycle;
 mod ops;
 mod pagerduty;
 mod read_api;
+mod replay;
 mod slack;
