@@ -14,6 +14,15 @@ use incidentpost::sources::signature::hmac_sha256_hex;
 
 const SECRET: &str = "bench-secret";
 
+/// Which provider's webhooks a step sends.
+#[derive(Clone, Copy)]
+enum Kind {
+    PagerDuty,
+    Datadog,
+    Github,
+    Slack,
+}
+
 struct Server {
     child: Child,
     base: String,
@@ -40,6 +49,9 @@ fn start(max_batch: usize) -> Server {
         .env("INCIDENTPOST__STORAGE__PATH", dir.path())
         .env("INCIDENTPOST__STORAGE__MAX_BATCH", max_batch.to_string())
         .env("INCIDENTPOST__SOURCES__PAGERDUTY__SECRET", SECRET)
+        .env("INCIDENTPOST__SOURCES__GITHUB__SECRET", SECRET)
+        .env("INCIDENTPOST__SOURCES__SLACK__SIGNING_SECRET", SECRET)
+        .env("INCIDENTPOST__SOURCES__DATADOG__TOKEN", SECRET)
         .env("INCIDENTPOST__LOG__LEVEL", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -49,6 +61,65 @@ fn start(max_batch: usize) -> Server {
         child,
         base: format!("http://127.0.0.1:{port}"),
         _dir: dir,
+    }
+}
+
+/// A signed request for delivery number `n`: (path, headers, body).
+fn request(kind: Kind, n: u64) -> (&'static str, Vec<(&'static str, String)>, Vec<u8>) {
+    match kind {
+        Kind::PagerDuty => {
+            let b = body(n);
+            let sig = format!("v1={}", hmac_sha256_hex(SECRET.as_bytes(), &[&b]));
+            ("pagerduty", vec![("X-PagerDuty-Signature", sig)], b)
+        }
+        Kind::Datadog => {
+            let b = format!(
+                r#"{{"id":"dd-{n}","title":"[Triggered on {{service:api}}] Error rate: {}% of requests returning 503","date":"1710426180000","alert_transition":"Triggered","alert_cycle_key":"c{}","tags":"service:api"}}"#,
+                n % 100,
+                n % 50
+            )
+            .into_bytes();
+            (
+                "datadog",
+                vec![("X-IncidentPost-Token", SECRET.to_owned())],
+                b,
+            )
+        }
+        Kind::Github => {
+            let b = format!(
+                r#"{{"ref":"refs/heads/main","after":"{n:040x}","commits":[{{}}],"head_commit":{{"message":"change {n}","timestamp":"2024-03-14T14:00:00Z"}},"pusher":{{"name":"sarah"}},"repository":{{"full_name":"acme/api"}},"sender":{{"login":"sarah"}}}}"#
+            )
+            .into_bytes();
+            let sig = format!("sha256={}", hmac_sha256_hex(SECRET.as_bytes(), &[&b]));
+            (
+                "github",
+                vec![
+                    ("X-Hub-Signature-256", sig),
+                    ("X-GitHub-Event", "push".to_owned()),
+                    ("X-GitHub-Delivery", format!("gh-{n}")),
+                ],
+                b,
+            )
+        }
+        Kind::Slack => {
+            let b = format!(
+                r#"{{"type":"event_callback","event_id":"Ev{n}","event_time":1710426180,"event":{{"type":"message","user":"U1","text":"looking at it {n}","channel":"C1","ts":"1710426180.{n:06}"}}}}"#
+            )
+            .into_bytes();
+            let ts = chrono::Utc::now().timestamp().to_string();
+            let sig = format!(
+                "v0={}",
+                hmac_sha256_hex(SECRET.as_bytes(), &[b"v0:", ts.as_bytes(), b":", &b])
+            );
+            (
+                "slack",
+                vec![
+                    ("X-Slack-Signature", sig),
+                    ("X-Slack-Request-Timestamp", ts),
+                ],
+                b,
+            )
+        }
     }
 }
 
@@ -88,6 +159,7 @@ struct Step {
 async fn run_step(
     client: &reqwest::Client,
     base: &str,
+    kind: Kind,
     start_n: u64,
     requests: u64,
     concurrency: u64,
@@ -110,17 +182,16 @@ async fn run_step(
                 if i >= requests {
                     break;
                 }
-                let b = body(start_n + i);
-                let sig = format!("v1={}", hmac_sha256_hex(SECRET.as_bytes(), &[&b]));
+                let (path, headers, b) = request(kind, start_n + i);
                 let t = Instant::now();
-                let res = client
-                    .post(format!("{base}/webhooks/pagerduty"))
-                    .header("X-PagerDuty-Signature", sig)
+                let mut req = client
+                    .post(format!("{base}/webhooks/{path}"))
                     .header("Content-Type", "application/json")
-                    .body(b)
-                    .send()
-                    .await;
-                match res {
+                    .body(b);
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                match req.send().await {
                     Ok(r) if r.status().as_u16() == 202 => lat.push(t.elapsed()),
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -174,10 +245,10 @@ fn main() {
             wait_ready(&client, &server.base).await;
             let mut n = 0;
             // Warm-up: opens the 50 incidents and the connection pool.
-            run_step(&client, &server.base, n, 200, 16).await;
+            run_step(&client, &server.base, Kind::PagerDuty, n, 200, 16).await;
             n += 200;
             for c in [1u64, 8, 32, 64] {
-                let s = run_step(&client, &server.base, n, requests, c).await;
+                let s = run_step(&client, &server.base, Kind::PagerDuty, n, requests, c).await;
                 n += requests;
                 println!(
                     "| {label} | {c} | {:.0} | {:.2} | {:.2} | {} |",
@@ -187,6 +258,29 @@ fn main() {
                     s.errors
                 );
             }
+        }
+        println!();
+        println!(
+            "per source, group commit, concurrency 32 (events per second through the full path)"
+        );
+        println!("| source | req/s | p50 ms | p99 ms | errors |");
+        println!("|---|---|---|---|---|");
+        let server = start(256);
+        wait_ready(&client, &server.base).await;
+        for (label, kind) in [
+            ("pagerduty", Kind::PagerDuty),
+            ("datadog", Kind::Datadog),
+            ("github", Kind::Github),
+            ("slack", Kind::Slack),
+        ] {
+            let s = run_step(&client, &server.base, kind, 1_000_000, requests, 32).await;
+            println!(
+                "| {label} | {:.0} | {:.2} | {:.2} | {} |",
+                s.rps,
+                s.p50.as_secs_f64() * 1e3,
+                s.p99.as_secs_f64() * 1e3,
+                s.errors
+            );
         }
     });
 }
