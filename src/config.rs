@@ -77,8 +77,15 @@ pub struct Settings {
     pub sources: SourcesSettings,
     pub correlation: CorrelationSettings,
     pub pollers: PollersSettings,
+    pub render: RenderSettings,
     /// The service map.
     pub services: Vec<ServiceEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenderSettings {
+    pub templates_dir: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -242,6 +249,7 @@ pub struct CloudWatchSourceSettings {
     pub token: Secret,
     pub sns_base_url: String,
     pub sns_auto_confirm: bool,
+    pub sns_topic_arns: Vec<String>,
 }
 
 /// Where to read the optional layers from.
@@ -322,6 +330,8 @@ impl Settings {
             (s.slack.enabled && s.slack.signing_secret.is_empty())
                 .then_some("sources.slack.signing_secret"),
             (s.datadog.enabled && s.datadog.token.is_empty()).then_some("sources.datadog.token"),
+            (s.cloudwatch.enabled && s.cloudwatch.token.is_empty())
+                .then_some("sources.cloudwatch.token"),
         ]
         .into_iter()
         .flatten()
@@ -374,6 +384,19 @@ impl Settings {
                 "log.level",
                 format!("'{}' is not a valid filter", self.log.level),
             ));
+        }
+        let c = &self.correlation;
+        if c.lookback_mins > 24 * 60 {
+            return Err(invalid("correlation.lookback_mins", "must be at most 1440"));
+        }
+        if c.change_lookback_hours > 24 * 30 {
+            return Err(invalid(
+                "correlation.change_lookback_hours",
+                "must be at most 720",
+            ));
+        }
+        if c.grace_mins > 24 * 60 {
+            return Err(invalid("correlation.grace_mins", "must be at most 1440"));
         }
         if !(1..=3600).contains(&self.sources.slack.max_skew_secs) {
             return Err(invalid(
@@ -450,7 +473,7 @@ mod tests {
         assert_eq!(s.server.port, 8080);
         assert_eq!(s.storage.path, PathBuf::from("./data"));
         assert!(s.is_loopback());
-        assert_eq!(s.unsigned_sources().len(), 4);
+        assert_eq!(s.unsigned_sources().len(), 5);
     }
 
     #[test]
@@ -474,6 +497,8 @@ mod tests {
             [sources.slack]
             signing_secret = "c"
             [sources.datadog]
+            enabled = false
+            [sources.cloudwatch]
             enabled = false
         "#;
         let err = Settings::from_toml_overlay(overlay).unwrap_err();

@@ -5,7 +5,8 @@
 //! to `max_batch` waiting submissions, applies them in one atomic store unit, flushes once
 //! (on a blocking thread: sled's concurrent `flush_async` deadlocks) and only then answers
 //! every waiter. A failed unit answers every waiter with an error, and the handler answers
-//! 503 so the provider retries; nothing of the failed unit is stored.
+//! 503 so the provider retries; nothing of the failed unit is stored. (A unit that
+//! committed but whose flush kept failing is kept: the retry is then a duplicate.)
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -36,6 +37,9 @@ pub struct Submission {
     pub raw: Vec<u8>,
     /// Cursors saved atomically with the events (poller positions).
     pub cursors: Vec<(String, String)>,
+    /// An incident to create first, when absent (imports and the API create incidents
+    /// that PagerDuty did not open). Its events name it with `incident_ref`.
+    pub incident: Option<Incident>,
 }
 
 /// The answer to a submission, given once it is on disk.
@@ -274,7 +278,10 @@ pub fn apply_submissions(
             .min(now);
         // The stream is keyed by arrival; an event arrives after it occurs (an hour of
         // clock skew allowed), so nothing older can fall inside a look-back window.
-        store.stream_since(earliest - widest - chrono::Duration::hours(1))?
+        let since = earliest
+            .checked_sub_signed(widest + chrono::Duration::hours(1))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        store.stream_since(since)?
     } else {
         Vec::new()
     };
@@ -305,6 +312,19 @@ pub fn apply_submissions(
                 continue;
             }
             seen_in_batch.extend(sub.delivery_keys.iter().map(String::as_str));
+            if let Some(new) = &sub.incident {
+                if tx.incident(&new.id)?.is_none() {
+                    let mut record = new.clone();
+                    record.event_count = 0;
+                    record.next_seq = 0;
+                    record.updated_at = now;
+                    tx.put_incident(&record)?;
+                    unit.change(&record.id, Change::Opened);
+                    if !record.status.is_open() {
+                        unit.change(&record.id, Change::Resolved);
+                    }
+                }
+            }
             let raw_id = sub.events.first().map(|e| e.id).unwrap_or_else(Ulid::new);
             if !sub.raw.is_empty() {
                 tx.put_raw(raw_id, &sub.raw)?;
@@ -416,8 +436,9 @@ fn attach_event(
                 (incident, true)
             }
         };
+        let was_open = incident.status.is_open();
         apply_lifecycle(&mut incident, event, unit);
-        refresh_details(&mut incident, event);
+        refresh_details(&mut incident, event, unit.correlator);
         append(
             tx,
             &mut incident,
@@ -425,6 +446,10 @@ fn attach_event(
             CorrelationRule::Explicit,
             unit.now,
         )?;
+        if !was_open && !incident.status.is_open() {
+            // A note or annotation on a resolved incident: its pack must be rewritten.
+            unit.change(&id, Change::LateEvent);
+        }
         if opened {
             pull_in(tx, unit, &mut incident)?;
         }
@@ -513,6 +538,15 @@ fn correlate(
         };
         if let Some(id) = tx.link(&format!("{key}={value}"))? {
             if let Some(incident) = tx.incident(&id)? {
+                // The service map outranks an old link to another service's incident.
+                let mapped = unit
+                    .correlator
+                    .has_map()
+                    .then(|| unit.correlator.service_of(event))
+                    .flatten();
+                if mapped.is_some() && incident.service.is_some() && mapped != incident.service {
+                    continue;
+                }
                 if incident.status.is_open() {
                     return Ok(Some((incident, CorrelationRule::Explicit)));
                 }
@@ -606,12 +640,20 @@ fn pull_in(
         if unit.pulled.contains(&event.id) {
             continue;
         }
-        let start = incident.triggered_at - c.lookback_for(&event);
-        if event.occurred_at < start || event.occurred_at > unit.now {
-            continue;
-        }
-        if c.has_map() && c.service_of(&event) != incident.service {
-            continue;
+        let names_it = [KEY_INCIDENT_REF, KEY_PAGERDUTY_INCIDENT]
+            .iter()
+            .any(|k| event.keys.get(*k).map(String::as_str) == Some(incident.id.as_str()));
+        if !names_it {
+            let start = incident
+                .triggered_at
+                .checked_sub_signed(c.lookback_for(&event))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            if event.occurred_at < start || event.occurred_at > unit.now {
+                continue;
+            }
+            if c.has_map() && c.service_of(&event) != incident.service {
+                continue;
+            }
         }
         tx.remove_stream_event(event.id)?;
         unit.pulled.insert(event.id);
@@ -659,7 +701,7 @@ fn new_incident(id: IncidentId, event: &Event, now: DateTime<Utc>) -> Incident {
 }
 
 /// Keeps the record's descriptive fields current with what PagerDuty last said.
-fn refresh_details(incident: &mut Incident, event: &Event) {
+fn refresh_details(incident: &mut Incident, event: &Event, correlator: &Correlator) {
     if let Some(title) = attr_str(event, "incident_title") {
         incident.title = title.to_owned();
     }
@@ -673,7 +715,9 @@ fn refresh_details(incident: &mut Incident, event: &Event) {
         incident.url = Some(url.to_owned());
     }
     if event.service.is_some() && incident.service.is_none() {
-        incident.service = event.service.clone();
+        incident.service = correlator
+            .service_of(event)
+            .or_else(|| event.service.clone());
     }
     if let Some(sev) = event.severity {
         if matches!(
@@ -692,7 +736,8 @@ fn apply_lifecycle(incident: &mut Incident, event: &Event, unit: &mut Unit<'_>) 
     let mut push = |change| unit.change(&id, change);
     match event.kind {
         EventKind::IncidentTriggered | EventKind::IncidentReopened
-            if incident.status == IncidentStatus::Resolved =>
+            if incident.status == IncidentStatus::Resolved
+                && incident.resolved_at.is_none_or(|r| at > r) =>
         {
             incident.status = IncidentStatus::Triggered;
             incident.resolved_at = None;

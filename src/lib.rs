@@ -11,6 +11,7 @@ pub mod correlate;
 pub mod domain;
 pub mod ingest;
 pub mod pollers;
+pub mod postmortem;
 pub mod sources;
 pub mod startup;
 pub mod store;

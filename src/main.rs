@@ -32,6 +32,21 @@ enum Command {
     Serve,
     /// Load and validate the configuration, print it with secrets redacted, and exit.
     CheckConfig,
+    /// Turn a pasted timeline (lines like `14:23 UTC [PagerDuty] CRITICAL: …`) into a
+    /// postmortem pack, offline: no server, no data directory.
+    Render {
+        /// The timeline text file ("-" for standard input).
+        timeline: PathBuf,
+        /// Where to write the zip.
+        #[arg(short, long, default_value = "pack.zip")]
+        output: PathBuf,
+        /// The date of the incident (YYYY-MM-DD) when the text has no date line.
+        #[arg(long)]
+        date: Option<chrono::NaiveDate>,
+        /// A directory of replacement templates (default: render.templates_dir).
+        #[arg(long)]
+        templates: Option<PathBuf>,
+    },
 }
 
 fn load(cli: &Cli) -> Result<Settings, incidentpost::config::ConfigError> {
@@ -60,6 +75,18 @@ fn main() -> ExitCode {
             println!("configuration OK");
             ExitCode::SUCCESS
         }
+        Command::Render {
+            timeline,
+            output,
+            date,
+            templates,
+        } => match render_offline(&settings, &timeline, &output, date, templates) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve => {
             telemetry::init_tracing(&settings.log);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -85,6 +112,66 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn render_offline(
+    settings: &Settings,
+    timeline: &std::path::Path,
+    output: &std::path::Path,
+    date: Option<chrono::NaiveDate>,
+    templates: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use incidentpost::postmortem::{import, render_pack, Templates};
+    let text = if timeline.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(timeline)
+            .with_context(|| format!("reading {}", timeline.display()))?
+    };
+    let dir = templates.or_else(|| {
+        Some(settings.render.templates_dir.trim())
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+    });
+    let templates = Templates::load(dir.as_deref())?;
+    let imported = match import::parse(&text, date, None) {
+        Ok(i) => i,
+        Err(import::ImportError::NothingReadable(skipped)) => {
+            for s in &skipped {
+                eprintln!("line {}: {} ({})", s.line, s.text.trim(), s.reason);
+            }
+            anyhow::bail!(
+                "no line of {} could be read as `HH:MM UTC [Source] text`",
+                timeline.display()
+            );
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    };
+    for s in &imported.skipped {
+        eprintln!(
+            "warning: line {} not read: {} ({})",
+            s.line,
+            s.text.trim(),
+            s.reason
+        );
+    }
+    let pack = render_pack(&templates, &imported.incident, &imported.events)?;
+    std::fs::write(output, &pack.zip).with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "wrote {} ({} events, {} lines not read): {}",
+        output.display(),
+        imported.events.len(),
+        imported.skipped.len(),
+        pack.files
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -98,6 +98,21 @@ impl Application {
             tokio::spawn(poller.run(background.clone()));
         }
 
+        let templates_dir = Some(settings.render.templates_dir.trim())
+            .filter(|d| !d.is_empty())
+            .map(std::path::PathBuf::from);
+        let templates = crate::postmortem::Templates::load(templates_dir.as_deref())
+            .context("loading templates (render.templates_dir)")?;
+        let renderer = Arc::new(crate::postmortem::renderer::Renderer::new(
+            templates,
+            store.clone(),
+        ));
+        crate::postmortem::renderer::spawn(
+            renderer.clone(),
+            ingest.subscribe(),
+            background.clone(),
+        );
+
         let state = web::Data::new(AppState {
             store: store.clone(),
             ingest: ingest.clone(),
@@ -107,6 +122,7 @@ impl Application {
             max_body_bytes: settings.server.max_body_bytes,
             metrics: telemetry::metrics_handle(),
             pollers,
+            renderer,
         });
 
         spawn_delivery_pruner(

@@ -4,6 +4,7 @@
 mod error;
 mod incidents;
 mod ops;
+mod packs;
 mod webhooks;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Health of the running pollers, for `/readyz`.
     pub pollers: Vec<Arc<crate::pollers::PollerHealth>>,
+    /// Renders and serves postmortem packs.
+    pub renderer: Arc<crate::postmortem::renderer::Renderer>,
 }
 
 /// The route table: every route of the service is registered here.
@@ -49,8 +52,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(ops::metrics))
     .route("/webhooks/{source}", web::post().to(webhooks::receive))
     .route("/incidents", web::get().to(incidents::list))
+    .route("/incidents/import", web::post().to(packs::import_timeline))
     .route("/incidents/{id}", web::get().to(incidents::get))
+    .route("/incidents/{id}", web::patch().to(packs::edit))
     .route("/incidents/{id}/events", web::get().to(incidents::events))
+    .route("/incidents/{id}/render", web::post().to(packs::render))
+    .route("/incidents/{id}/pack.zip", web::get().to(packs::zip))
+    .route("/incidents/{id}/{file}", web::get().to(packs::file))
     .route("/events/unattached", web::get().to(incidents::unattached))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound)

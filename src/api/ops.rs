@@ -12,9 +12,15 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store = state.store.clone();
     let storage = match web::block(move || store.check()).await {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
+        Ok(Ok(())) => "ok",
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "readiness: storage check failed");
+            "failing"
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "readiness: storage check task failed");
+            "failing"
+        }
     };
     let queued = state.ingest.queued();
     let ready = storage == "ok";

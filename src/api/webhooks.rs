@@ -58,6 +58,7 @@ async fn handle(
     handler.prefetch(&headers, &body).await?;
     handler.verify(&headers, &body, now)?;
     let normalized = handler.normalize(&headers, &body, now)?;
+    crate::sources::check_times(&normalized, now)?;
     if let Some(reply) = normalized.reply {
         return Ok(HttpResponse::Ok().json(reply));
     }
@@ -69,6 +70,7 @@ async fn handle(
             events: normalized.events,
             raw: body.to_vec(),
             cursors: Vec::new(),
+            incident: None,
         })
         .await?;
     let label = source.as_str();

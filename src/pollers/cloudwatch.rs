@@ -146,6 +146,7 @@ impl CloudWatchPoller {
                 events,
                 raw: Vec::new(),
                 cursors: vec![cursor],
+                incident: None,
             });
         }
         if !self.settings.metrics.is_empty() && self.store.open_incident_count()? > 0 {
@@ -185,8 +186,11 @@ impl CloudWatchPoller {
                 let (Some(name), Some(state)) = (a.alarm_name(), a.state_value()) else {
                     continue;
                 };
+                // The transition time, not StateUpdatedTimestamp (which also moves when
+                // only the evaluation state changes); SNS and EventBridge carry the same.
                 let at = a
-                    .state_updated_timestamp()
+                    .state_transitioned_timestamp()
+                    .or(a.state_updated_timestamp())
                     .and_then(to_chrono)
                     .unwrap_or_else(Utc::now);
                 let key = format!("cloudwatch:alarm_state:{name}");
@@ -199,7 +203,10 @@ impl CloudWatchPoller {
                     .as_deref()
                     .and_then(|p| p.split('@').next())
                     .map(str::to_owned);
-                let emit = previous.is_some() || state.as_str() == "ALARM";
+                let emit = match &previous_state {
+                    Some(p) => p != state.as_str(),
+                    None => state.as_str() == "ALARM",
+                };
                 let change = emit.then(|| AlarmChange {
                     name: name.to_owned(),
                     state: state.as_str().to_owned(),
@@ -294,6 +301,7 @@ impl CloudWatchPoller {
                 events: vec![metric_event(q, &points, now)],
                 raw: Vec::new(),
                 cursors: vec![(key, last.timestamp_millis().to_string())],
+                incident: None,
             });
         }
         Ok(out)
@@ -313,7 +321,7 @@ impl CloudWatchPoller {
                 }
                 Err(e) => {
                     failures += 1;
-                    self.health.record_failure(&e.to_string());
+                    self.health.record_failure();
                     let delay = backoff(interval, failures);
                     tracing::warn!(error = %e, failures, retry_in_secs = delay.as_secs(), "CloudWatch poll failed; backing off");
                     delay

@@ -17,7 +17,6 @@ pub struct PollerHealth {
     interval: Duration,
     started: DateTime<Utc>,
     last_success: Mutex<Option<DateTime<Utc>>>,
-    last_error: Mutex<Option<String>>,
     failures: AtomicU32,
 }
 
@@ -29,7 +28,6 @@ impl PollerHealth {
             interval,
             started: Utc::now(),
             last_success: Mutex::new(None),
-            last_error: Mutex::new(None),
             failures: AtomicU32::new(0),
         }
     }
@@ -45,11 +43,8 @@ impl PollerHealth {
             .set(now.timestamp() as f64);
     }
 
-    /// Records a failed round.
-    pub fn record_failure(&self, error: &str) {
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = Some(error.to_owned());
-        }
+    /// Records a failed round (the error itself goes to the log; `/readyz` is public).
+    pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("incidentpost_poller_errors_total", "poller" => self.name).increment(1);
     }
@@ -84,7 +79,6 @@ impl PollerHealth {
             "status": if self.is_stale(now) { "stale" } else if self.consecutive_failures() > 0 { "failing" } else { "ok" },
             "last_success": last,
             "consecutive_failures": self.consecutive_failures(),
-            "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
         })
     }
 }

@@ -272,6 +272,7 @@ struct SnsEnvelope {
 /// The CloudWatch push source.
 pub struct CloudWatch {
     token: Option<Secret>,
+    topics: Vec<String>,
     base_override: Option<String>,
     auto_confirm: bool,
     http: reqwest::Client,
@@ -284,6 +285,7 @@ impl CloudWatch {
     pub fn new(settings: &CloudWatchSourceSettings) -> Self {
         CloudWatch {
             token: settings.token.as_option().cloned(),
+            topics: settings.sns_topic_arns.clone(),
             base_override: Some(settings.sns_base_url.trim_end_matches('/').to_owned())
                 .filter(|s| !s.is_empty()),
             auto_confirm: settings.sns_auto_confirm,
@@ -490,8 +492,22 @@ impl WebhookSource for CloudWatch {
                 .ok()
                 .and_then(|v| v.get("SigningCertURL")?.as_str().map(str::to_owned))
                 .ok_or(VerifyError::Missing("SigningCertURL"))?;
+            let topic = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("TopicArn")?.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            // Refuse foreign topics before any outbound fetch.
+            if !self.topics.iter().any(|t| t == &topic) {
+                return Err(VerifyError::Mismatch);
+            }
             if self.cached_cert(&url).is_some() {
                 return Ok(());
+            }
+            let path_ok = url.rsplit('/').next().is_some_and(|f| {
+                f.starts_with("SimpleNotificationService-") && f.ends_with(".pem")
+            });
+            if !path_ok {
+                return Err(VerifyError::Malformed("SigningCertURL"));
             }
             let fetch = self.sns_fetch_url(&url)?;
             let pem = async {
@@ -499,7 +515,10 @@ impl WebhookSource for CloudWatch {
                 res.bytes().await
             }
             .await
-            .map_err(|e| VerifyError::Unavailable(format!("fetching the SNS certificate: {e}")))?;
+            .map_err(|e| {
+                tracing::warn!(error = %e, url = %fetch, "fetching the SNS certificate failed");
+                VerifyError::Unavailable("the SNS signing certificate could not be fetched".into())
+            })?;
             let der = pem_to_der(&pem).ok_or(VerifyError::Malformed("SNS certificate"))?;
             if let Ok(mut certs) = self.certs.lock() {
                 certs.insert(url, Arc::new(der));

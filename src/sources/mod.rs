@@ -120,6 +120,24 @@ pub trait WebhookSource: Send + Sync + 'static {
     ) -> Result<Normalized, NormalizeError>;
 }
 
+/// Refuses event times no real incident has (before 2000, or more than a day ahead):
+/// they would only corrupt timelines and overflow time arithmetic downstream.
+pub fn check_times(n: &Normalized, now: DateTime<Utc>) -> Result<(), NormalizeError> {
+    let earliest = DateTime::<Utc>::from_timestamp(946_684_800, 0).unwrap_or(now);
+    let latest = now + chrono::Duration::days(1);
+    match n
+        .events
+        .iter()
+        .find(|e| e.occurred_at < earliest || e.occurred_at > latest)
+    {
+        Some(e) => Err(NormalizeError::Shape(format!(
+            "event time {} is outside 2000-01-01 .. now + 1 day",
+            e.occurred_at.to_rfc3339()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Parses a JSON body with the errors every source reports the same way.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, NormalizeError> {
     if body.iter().all(u8::is_ascii_whitespace) {

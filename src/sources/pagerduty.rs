@@ -423,8 +423,11 @@ fn normalize_v3(
     let draft = if let Some(kind) = incident_kind {
         let data: IncidentData = serde_json::from_value(event.data)
             .map_err(|e| shape(format!("event.data of {}: {e}", event.event_type)))?;
-        if data.id.trim().is_empty() {
-            return Err(shape("event.data.id is empty"));
+        if crate::domain::IncidentId::parse(&data.id).is_err() {
+            return Err(shape(format!(
+                "event.data.id '{}' is not a valid incident id ([A-Za-z0-9_-]{{1,64}})",
+                super::truncate(&data.id, 70)
+            )));
         }
         let mut draft = incident_draft(kind, &data, actor);
         if event.event_type == "incident.delegated" {
@@ -455,8 +458,8 @@ fn normalize_v3(
             .incident
             .id
             .clone()
-            .filter(|id| !id.trim().is_empty())
-            .ok_or_else(|| shape("event.data.incident.id is missing"))?;
+            .filter(|id| crate::domain::IncidentId::parse(id).is_ok())
+            .ok_or_else(|| shape("event.data.incident.id is missing or not a valid incident id"))?;
         let text = data.content.or(data.message).unwrap_or_default();
         let who = actor.clone().unwrap_or_else(|| "PagerDuty".into());
         let title = match kind {
@@ -528,6 +531,9 @@ fn normalize_v2(
                 continue;
             }
         };
+        if crate::domain::IncidentId::parse(&m.incident.id).is_err() {
+            return Err(shape("messages[].incident.id is not a valid incident id"));
+        }
         let occurred_at = m
             .created_on
             .as_deref()

@@ -231,7 +231,9 @@ impl WebhookSource for Slack {
             }
         };
         let channel = s(&ev, "channel").unwrap_or("");
-        let ts = s(&ev, "ts").or(s(&message, "ts")).unwrap_or("");
+        // For edits and deletes, the message's own ts (the event's ts is the edit's).
+        let ts = s(&message, "ts").or(s(&ev, "ts")).unwrap_or("");
+        let event_ts = s(&ev, "ts").unwrap_or(ts);
         let raw_text = s(&message, "text").unwrap_or("");
         let text = plain_text(raw_text);
         let user = s(&message, "user")
@@ -239,10 +241,10 @@ impl WebhookSource for Slack {
             .or(s(&message, "username"))
             .or(s(&message, "bot_id"));
         let actor = user.map(|u| format!("@{u}"));
-        if !channel.is_empty() && !ts.is_empty() {
-            delivery_keys.push(format!("slack:msg:{channel}:{ts}"));
+        if !channel.is_empty() && !event_ts.is_empty() {
+            delivery_keys.push(format!("slack:msg:{channel}:{event_ts}"));
         }
-        let occurred_at = time::parse_epoch_seconds(ts)
+        let occurred_at = time::parse_epoch_seconds(event_ts)
             .or_else(|| {
                 env.event_time
                     .and_then(|t| time::parse_epoch_seconds(&t.to_string()))

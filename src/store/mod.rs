@@ -108,6 +108,11 @@ pub trait Store: Send + Sync + 'static {
     fn raw(&self, id: Ulid) -> Result<Option<Vec<u8>>, StoreError>;
     /// Forgets delivery keys stored before `cutoff`; returns how many were removed.
     fn prune_deliveries(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError>;
+    /// Stores the rendered pack of an incident (derived data: not flushed here, sled's
+    /// background flush persists it within `storage.flush_every_ms`).
+    fn put_pack(&self, id: &IncidentId, zip: &[u8]) -> Result<(), StoreError>;
+    /// The stored pack of an incident.
+    fn pack(&self, id: &IncidentId) -> Result<Option<Vec<u8>>, StoreError>;
     /// Cheap liveness probe of the engine for `/readyz`.
     fn check(&self) -> Result<(), StoreError>;
     /// Flushes everything written so far.

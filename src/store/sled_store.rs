@@ -35,6 +35,7 @@ pub struct SledStore {
     deliveries: sled::Tree,
     links: sled::Tree,
     cursors: sled::Tree,
+    packs: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -98,6 +99,7 @@ impl SledStore {
             deliveries: db.open_tree("deliveries")?,
             links: db.open_tree("links")?,
             cursors: db.open_tree("cursors")?,
+            packs: db.open_tree("packs")?,
             meta: db.open_tree("meta")?,
             db,
         };
@@ -311,8 +313,22 @@ impl Store for SledStore {
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         }
         // The durability point: the caller acknowledges webhooks only after this returns.
-        self.db.flush()?;
-        Ok(())
+        // The unit is committed already; a failed flush is retried before giving up (the
+        // caller then answers 503 and the provider's retry is recognized as a duplicate).
+        let mut last = None;
+        for attempt in 0..3 {
+            match self.db.flush() {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, "flush failed");
+                    last = Some(e);
+                    std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
+                }
+            }
+        }
+        Err(last
+            .map(StoreError::from)
+            .unwrap_or(StoreError::Unavailable("flush failed".into())))
     }
 
     fn incident(&self, id: &IncidentId) -> Result<Option<Incident>, StoreError> {
@@ -399,6 +415,15 @@ impl Store for SledStore {
             }
         }
         Ok(removed)
+    }
+
+    fn put_pack(&self, id: &IncidentId, zip: &[u8]) -> Result<(), StoreError> {
+        self.packs.insert(id.as_str().as_bytes(), zip)?;
+        Ok(())
+    }
+
+    fn pack(&self, id: &IncidentId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.packs.get(id.as_str().as_bytes())?.map(|v| v.to_vec()))
     }
 
     fn check(&self) -> Result<(), StoreError> {

@@ -491,7 +491,10 @@ async fn sns_notifications_are_verified_with_the_signing_certificate() {
         .mount(&aws)
         .await;
     let app = spawn_app_with(
-        &format!("[sources.cloudwatch]\nsns_base_url = '{}'", aws.uri()),
+        &format!(
+            "[sources.cloudwatch]\nsns_base_url = '{}'\nsns_topic_arns = ['arn:aws:sns:us-east-1:123456789012:alarms']",
+            aws.uri()
+        ),
         None,
     )
     .await;
@@ -530,6 +533,23 @@ async fn sns_notifications_are_verified_with_the_signing_certificate() {
         .post_webhook(
             "cloudwatch",
             &serde_json::to_vec(&tampered).unwrap(),
+            &headers("Notification"),
+        )
+        .await;
+    assert_eq!(res.status(), 401);
+    // A genuinely signed message from someone else's topic is refused.
+    let mut foreign_topic: Value = serde_json::from_slice(&signed_sns(
+        &key,
+        "Notification",
+        &message,
+        &[("TopicArn", "arn:aws:sns:us-east-1:666666666666:attacker")],
+    ))
+    .unwrap();
+    foreign_topic["MessageId"] = "other".into();
+    let res = app
+        .post_webhook(
+            "cloudwatch",
+            &serde_json::to_vec(&foreign_topic).unwrap(),
             &headers("Notification"),
         )
         .await;

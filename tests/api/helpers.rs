@@ -335,6 +335,16 @@ impl Store for FaultyStore {
     fn check(&self) -> Result<(), StoreError> {
         self.inner.check()
     }
+    fn put_pack(
+        &self,
+        id: &incidentpost::domain::IncidentId,
+        zip: &[u8],
+    ) -> Result<(), StoreError> {
+        self.inner.put_pack(id, zip)
+    }
+    fn pack(&self, id: &incidentpost::domain::IncidentId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.pack(id)
+    }
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
     }

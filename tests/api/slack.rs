@@ -73,6 +73,7 @@ async fn every_documented_payload_shape_is_accepted() {
         // The shapes carry empty placeholders where a real delivery has values.
         v["type"] = "event_callback".into();
         v["event_id"] = "Ev-shape".into();
+        v["event_time"] = chrono::Utc::now().timestamp().into();
         let res = app.post_slack(&serde_json::to_vec(&v).unwrap()).await;
         assert!(res.status().is_success(), "{file}: {}", res.status());
         let body: Value = res.json().await.unwrap();

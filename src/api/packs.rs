@@ -1,0 +1,366 @@
+//! The pack endpoints: `GET /incidents/{id}/pack.zip`, `GET /incidents/{id}/{file}`,
+//! `POST /incidents/{id}/render`, `PATCH /incidents/{id}`, `POST /incidents/import`.
+
+use std::io::Read;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use ulid::Ulid;
+
+use super::{authorize, ApiError, AppState};
+use crate::domain::{Event, EventKind, IncidentId, Source, KEY_INCIDENT_REF};
+use crate::ingest::Submission;
+use crate::postmortem::renderer::RenderFailure;
+use crate::postmortem::{import, FILES};
+
+fn parse_id(raw: &str) -> Result<IncidentId, ApiError> {
+    IncidentId::parse(raw).map_err(|e| ApiError::InvalidIncidentId(e.to_string()))
+}
+
+impl From<RenderFailure> for ApiError {
+    fn from(e: RenderFailure) -> Self {
+        match e {
+            RenderFailure::NotFound(id) => ApiError::IncidentNotFound(id),
+            RenderFailure::Store(e) => e.into(),
+            RenderFailure::Render(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+async fn pack_of(state: &web::Data<AppState>, id: IncidentId) -> Result<(Vec<u8>, bool), ApiError> {
+    let renderer = state.renderer.clone();
+    Ok(web::block(move || renderer.pack(&id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??)
+}
+
+/// `GET /incidents/{id}/pack.zip`.
+pub async fn zip(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let id = parse_id(&path)?;
+    let (zip, draft) = pack_of(&state, id.clone()).await?;
+    let name = if draft {
+        format!("incident-{id}-postmortem-DRAFT.zip")
+    } else {
+        format!("incident-{id}-postmortem.zip")
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("application/zip")
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"{name}\""),
+        ))
+        .body(zip))
+}
+
+/// `GET /incidents/{id}/{file}`: one file of the pack.
+pub async fn file(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let (raw_id, name) = path.into_inner();
+    let id = parse_id(&raw_id)?;
+    let Some(name) = FILES.iter().find(|f| **f == name) else {
+        return Err(ApiError::RouteNotFound);
+    };
+    let (zip, _) = pack_of(&state, id).await?;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut entry = archive
+        .by_name(name)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut bytes = Vec::new();
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let content_type = match name.rsplit('.').next() {
+        Some("md") => "text/markdown; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("json") => "application/json",
+        Some("ndjson") => "application/x-ndjson",
+        _ => "text/plain; charset=utf-8",
+    };
+    Ok(HttpResponse::Ok().content_type(content_type).body(bytes))
+}
+
+/// `POST /incidents/{id}/render`: renders now (and stores when resolved).
+pub async fn render(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let id = parse_id(&path)?;
+    let renderer = state.renderer.clone();
+    let key = id.clone();
+    let pack = web::block(move || renderer.render(&key))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let manifest: Value = pack
+        .file("manifest.json")
+        .and_then(|m| serde_json::from_slice(m).ok())
+        .unwrap_or(Value::Null);
+    Ok(HttpResponse::Ok()
+        .json(json!({"incident_id": id, "draft": pack.facts.draft, "manifest": manifest})))
+}
+
+/// Body of `PATCH /incidents/{id}`: every field optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Edit {
+    title: Option<String>,
+    summary: Option<String>,
+    root_cause: Option<String>,
+    impact: Option<String>,
+    customer_message: Option<String>,
+    mitigations: Option<Vec<String>>,
+    action_items: Option<Vec<ActionItem>>,
+    /// Who made the edit, shown in the history.
+    author: Option<String>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionItem {
+    priority: String,
+    text: String,
+}
+
+fn annotation(
+    id: &IncidentId,
+    kind: EventKind,
+    title: String,
+    attrs: Map<String, Value>,
+    actor: Option<String>,
+) -> Event {
+    let now = Utc::now();
+    let mut keys = std::collections::BTreeMap::new();
+    keys.insert(KEY_INCIDENT_REF.to_owned(), id.to_string());
+    Event {
+        id: Ulid::new(),
+        source: Source::Manual,
+        kind,
+        occurred_at: now,
+        received_at: now,
+        title,
+        service: None,
+        severity: None,
+        actor,
+        url: None,
+        keys,
+        attrs,
+        delivery: None,
+        raw_id: None,
+        incident_id: None,
+        correlation: None,
+    }
+}
+
+/// `PATCH /incidents/{id}`: each field becomes an annotation event (the last one wins,
+/// the history stays in the log), then the pack is rendered again.
+pub async fn edit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Edit>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let id = parse_id(&path)?;
+    let store = state.store.clone();
+    let key = id.clone();
+    if web::block(move || store.incident(&key))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .is_none()
+    {
+        return Err(ApiError::IncidentNotFound(id.to_string()));
+    }
+    let edit = body.into_inner();
+    let actor = edit
+        .author
+        .clone()
+        .map(|a| format!("@{}", a.trim_start_matches('@')));
+    let mut events = Vec::new();
+    let text_attrs = |t: &str| {
+        let mut m = Map::new();
+        m.insert("text".into(), Value::from(t.trim()));
+        m
+    };
+    for (value, kind, label) in [
+        (&edit.title, EventKind::AnnotationTitle, "Title"),
+        (&edit.summary, EventKind::AnnotationSummary, "Summary"),
+        (
+            &edit.root_cause,
+            EventKind::AnnotationRootCause,
+            "Root cause",
+        ),
+        (&edit.impact, EventKind::AnnotationImpact, "Impact"),
+        (
+            &edit.customer_message,
+            EventKind::AnnotationCustomerMessage,
+            "Customer message",
+        ),
+    ] {
+        if let Some(v) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            events.push(annotation(
+                &id,
+                kind,
+                format!("{label} (edited): {}", crate::sources::truncate(v, 200)),
+                text_attrs(v),
+                actor.clone(),
+            ));
+        }
+    }
+    if let Some(list) = &edit.mitigations {
+        let mut attrs = Map::new();
+        attrs.insert(
+            "items".into(),
+            json!(list
+                .iter()
+                .map(|m| m.trim())
+                .filter(|m| !m.is_empty())
+                .collect::<Vec<_>>()),
+        );
+        attrs.insert("replace".into(), Value::Bool(true));
+        events.push(annotation(
+            &id,
+            EventKind::AnnotationMitigation,
+            format!("Mitigations edited ({} items)", list.len()),
+            attrs,
+            actor.clone(),
+        ));
+    }
+    if let Some(list) = &edit.action_items {
+        for item in list {
+            if !matches!(
+                item.priority.to_ascii_uppercase().as_str(),
+                "HIGH" | "MEDIUM" | "LOW"
+            ) {
+                return Err(ApiError::Payload(crate::sources::NormalizeError::Shape(
+                    format!(
+                        "action item priority '{}' is not HIGH, MEDIUM or LOW",
+                        item.priority
+                    ),
+                )));
+            }
+        }
+        let mut attrs = Map::new();
+        attrs.insert(
+            "items".into(),
+            serde_json::to_value(list).unwrap_or(Value::Null),
+        );
+        attrs.insert("replace".into(), Value::Bool(true));
+        events.push(annotation(
+            &id,
+            EventKind::AnnotationActionItem,
+            format!("Action items edited ({} items)", list.len()),
+            attrs,
+            actor.clone(),
+        ));
+    }
+    if events.is_empty() {
+        return Err(ApiError::Payload(crate::sources::NormalizeError::Shape(
+            "nothing to change".into(),
+        )));
+    }
+    let n = events.len();
+    state
+        .ingest
+        .submit(Submission {
+            delivery_keys: Vec::new(),
+            events,
+            raw: Vec::new(),
+            cursors: Vec::new(),
+            incident: None,
+        })
+        .await?;
+    let renderer = state.renderer.clone();
+    let key = id.clone();
+    let pack = web::block(move || renderer.render(&key))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(HttpResponse::Ok()
+        .json(json!({"incident_id": id, "annotations": n, "draft": pack.facts.draft})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// `YYYY-MM-DD` when the text has no date header.
+    date: Option<String>,
+    /// The incident id to use (default: derived from the text).
+    id: Option<String>,
+}
+
+/// `POST /incidents/import`: a pasted timeline becomes an incident and its pack.
+pub async fn import_timeline(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<ImportQuery>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::Payload(crate::sources::NormalizeError::Malformed(
+            "the timeline is not UTF-8 text".into(),
+        ))
+    })?;
+    let date = match &query.date {
+        Some(d) => Some(
+            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .map_err(|_| ApiError::InvalidQuery(format!("date '{d}' is not YYYY-MM-DD")))?,
+        ),
+        None => None,
+    };
+    let id = query.id.as_deref().map(parse_id).transpose()?;
+    let imported = match import::parse(text, date, id) {
+        Ok(i) => i,
+        Err(import::ImportError::Empty) => return Err(ApiError::Payload(crate::sources::NormalizeError::Empty)),
+        Err(import::ImportError::NothingReadable(skipped)) => {
+            return Ok(HttpResponse::BadRequest().json(json!({
+                "error": {"code": "unreadable_timeline", "message": "no line could be read as `HH:MM UTC [Source] text`"},
+                "skipped": skipped,
+            })))
+        }
+    };
+    let id = imported.incident.id.clone();
+    let events = imported.events.len();
+    let receipt = state
+        .ingest
+        .submit(Submission {
+            delivery_keys: vec![format!("import:{}", imported.digest)],
+            events: imported.events,
+            raw: body.to_vec(),
+            cursors: Vec::new(),
+            incident: Some(imported.incident),
+        })
+        .await?;
+    let duplicate = matches!(receipt, crate::ingest::Receipt::Duplicate { .. });
+    let renderer = state.renderer.clone();
+    let key = id.clone();
+    web::block(move || renderer.render(&key))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let status = if duplicate {
+        actix_web::http::StatusCode::OK
+    } else {
+        actix_web::http::StatusCode::CREATED
+    };
+    Ok(HttpResponse::build(status)
+        .insert_header(("Location", format!("/incidents/{id}")))
+        .json(json!({
+            "incident_id": id,
+            "status": if duplicate { "duplicate" } else { "imported" },
+            "events": events,
+            "skipped": imported.skipped,
+            "pack": format!("/incidents/{id}/pack.zip"),
+        })))
+}

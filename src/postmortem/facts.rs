@@ -1,0 +1,619 @@
+//! Facts: a pure function from an incident's events to what the postmortem says. Every
+//! fact keeps the ids of the events that support it; a fact without evidence is
+//! `unknown`, never guessed.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use ulid::Ulid;
+
+use crate::domain::{Event, EventKind, Incident, IncidentStatus, Source};
+
+/// A value and the events that prove it. `value: None` is written as unknown.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fact<T> {
+    pub value: Option<T>,
+    pub evidence: Vec<Ulid>,
+}
+
+impl<T> Fact<T> {
+    fn known(value: T, evidence: Vec<Ulid>) -> Self {
+        Fact {
+            value: Some(value),
+            evidence,
+        }
+    }
+    fn unknown() -> Self {
+        Fact {
+            value: None,
+            evidence: Vec::new(),
+        }
+    }
+}
+
+/// One line of the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimelineEntry {
+    /// 1-based number, used by citations (`[^3]`).
+    pub n: usize,
+    pub id: Ulid,
+    pub at: DateTime<Utc>,
+    pub source: String,
+    pub kind: String,
+    pub title: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+}
+
+/// A time span between two events (time to detect, acknowledge, mitigate, resolve).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Span {
+    pub name: String,
+    pub minutes: i64,
+    pub from: Ulid,
+    pub to: Ulid,
+}
+
+/// The highest value seen of one measure.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Peak {
+    /// `error rate`, `latency`, `connection pool`, `CPU`, or a series label.
+    pub label: String,
+    pub value: f64,
+    pub unit: String,
+    pub evidence: Vec<Ulid>,
+}
+
+/// A change that may have caused the incident, with the reasons it ranks where it does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Suspect {
+    pub title: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub score: u32,
+    pub reasons: Vec<String>,
+    pub evidence: Vec<Ulid>,
+}
+
+/// A mitigation or an action item.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Item {
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    pub evidence: Vec<Ulid>,
+}
+
+/// Everything the pack says, with evidence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Facts {
+    pub incident_id: String,
+    pub status: String,
+    /// True while the incident is open: the pack is a draft.
+    pub draft: bool,
+    pub title: Fact<String>,
+    pub severity: Fact<String>,
+    pub service: Fact<String>,
+    pub detected: Fact<DateTime<Utc>>,
+    pub triggered: Fact<DateTime<Utc>>,
+    pub acknowledged: Fact<DateTime<Utc>>,
+    pub mitigated: Fact<DateTime<Utc>>,
+    pub resolved: Fact<DateTime<Utc>>,
+    /// Trigger (or first detection) to resolve, whole minutes.
+    pub duration_minutes: Fact<i64>,
+    pub spans: Vec<Span>,
+    pub responders: Vec<Item>,
+    pub peaks: Vec<Peak>,
+    pub users_affected: Fact<String>,
+    pub suspects: Vec<Suspect>,
+    pub root_cause: Fact<String>,
+    /// True when the root cause is the top suspect, not a responder's annotation.
+    pub root_cause_suspected: bool,
+    pub mitigations: Vec<Item>,
+    pub action_items: Vec<Item>,
+    pub summary: Fact<String>,
+    pub customer_message: Fact<String>,
+    pub timeline: Vec<TimelineEntry>,
+    /// True when the timeline spans more than one UTC day.
+    pub multi_day: bool,
+}
+
+fn text_of(e: &Event) -> String {
+    e.attrs
+        .get("text")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| e.title.clone())
+}
+
+fn last_annotation(events: &[Event], kind: EventKind) -> Option<&Event> {
+    events.iter().rev().find(|e| e.kind == kind)
+}
+
+/// Classifies a measurement by what its line talks about.
+fn measure_label(e: &Event) -> Option<String> {
+    if let Some(label) = e.attrs.get("label").and_then(Value::as_str) {
+        return Some(label.to_owned());
+    }
+    let t = format!(
+        "{} {}",
+        e.title.to_ascii_lowercase(),
+        e.attrs
+            .get("metric")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    );
+    let label = if t.contains("error") || t.contains("5xx") || t.contains("503") {
+        "error rate"
+    } else if t.contains("latency") || t.contains("response time") {
+        "latency"
+    } else if t.contains("pool") || t.contains("connection") {
+        "connection pool use"
+    } else if t.contains("cpu") {
+        "CPU"
+    } else if t.contains("memory") {
+        "memory"
+    } else {
+        return e
+            .attrs
+            .get("metric")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+    };
+    Some(label.to_owned())
+}
+
+fn peaks(events: &[Event]) -> Vec<Peak> {
+    let mut best: BTreeMap<String, Peak> = BTreeMap::new();
+    for e in events {
+        let value = e
+            .attrs
+            .get("max")
+            .or_else(|| e.attrs.get("value"))
+            .and_then(Value::as_f64);
+        let (Some(value), Some(label)) = (value, measure_label(e)) else {
+            continue;
+        };
+        if e.kind == EventKind::AlertRecovered {
+            continue;
+        }
+        let unit = e
+            .attrs
+            .get("unit")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let entry = best.entry(label.clone()).or_insert(Peak {
+            label,
+            value,
+            unit: unit.clone(),
+            evidence: vec![e.id],
+        });
+        if value > entry.value {
+            entry.value = value;
+            entry.unit = unit;
+            entry.evidence = vec![e.id];
+        }
+    }
+    best.into_values().collect()
+}
+
+fn is_detection(e: &Event) -> bool {
+    matches!(e.kind, EventKind::AlertFiring | EventKind::AlertWarning)
+}
+
+/// Ranks the changes before detection (see README, Postmortem).
+fn suspects(events: &[Event], incident: &Incident, detected: DateTime<Utc>) -> Vec<Suspect> {
+    let chat: Vec<&Event> = events
+        .iter()
+        .filter(|e| {
+            matches!(e.kind, EventKind::ChatMessage | EventKind::IncidentNote)
+                || e.kind.as_str().starts_with("annotation.")
+        })
+        .collect();
+    let rollbacks: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::ChangeRolledBack)
+        .collect();
+    let mut out = Vec::new();
+    for e in events.iter().filter(|e| {
+        matches!(
+            e.kind,
+            EventKind::ChangeMerged
+                | EventKind::ChangeDeployed
+                | EventKind::ChangeReleased
+                | EventKind::ChangePushed
+        ) && e.occurred_at <= detected
+    }) {
+        let mut score = 1;
+        let mut reasons = Vec::new();
+        let mut evidence = vec![e.id];
+        let verb = match e.kind {
+            EventKind::ChangeMerged => "merged",
+            EventKind::ChangeDeployed => "deployed",
+            EventKind::ChangeReleased => "released",
+            _ => "pushed",
+        };
+        let before = detected - e.occurred_at;
+        let ago = if before.num_hours() >= 1 {
+            format!("{} h", before.num_hours())
+        } else {
+            format!("{} min", before.num_minutes())
+        };
+        reasons.push(format!("{verb} {ago} before detection"));
+        if matches!(e.kind, EventKind::ChangeMerged | EventKind::ChangeDeployed) {
+            score += 2;
+        }
+        if before.num_hours() < 24 {
+            score += 1;
+        }
+        let same_service = match (&e.service, &incident.service) {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            _ => false,
+        };
+        if same_service {
+            score += 2;
+            reasons.push("on the affected service".into());
+        }
+        // Named in chat: its PR number, version or service name.
+        let mut names: Vec<String> = Vec::new();
+        if let Some(n) = e.attrs.get("pr_number").and_then(Value::as_u64) {
+            names.push(format!("#{n}"));
+        }
+        if let Some(v) = e.attrs.get("version").and_then(Value::as_str) {
+            names.push(v.to_owned());
+        }
+        if let Some(s) = &e.service {
+            names.push(s.clone());
+        }
+        if let Some(c) = chat.iter().find(|c| {
+            let t = text_of(c).to_ascii_lowercase();
+            names
+                .iter()
+                .any(|n| n.len() >= 2 && t.contains(&n.to_ascii_lowercase()))
+        }) {
+            score += 3;
+            reasons.push(format!(
+                "named in chat ({})",
+                c.actor
+                    .clone()
+                    .unwrap_or_else(|| c.source.display_name().to_owned())
+            ));
+            evidence.push(c.id);
+        }
+        if let Some(r) = rollbacks.iter().find(|r| {
+            r.occurred_at > e.occurred_at
+                && (r.service == e.service
+                    || e.attrs
+                        .get("pr_title")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| r.title.contains(t)))
+        }) {
+            score += 4;
+            reasons.push("later rolled back".into());
+            evidence.push(r.id);
+        }
+        out.push(Suspect {
+            title: e.title.clone(),
+            url: e.url.clone(),
+            score,
+            reasons,
+            evidence,
+        });
+    }
+    // Highest score first; ties: the most recent change first.
+    out.sort_by_key(|s| std::cmp::Reverse(s.score));
+    out
+}
+
+fn minutes(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
+    ((to - from).num_seconds().max(0) + 30) / 60
+}
+
+/// Builds the facts of an incident from its events (any order).
+pub fn facts(incident: &Incident, events: &[Event]) -> Facts {
+    let mut events: Vec<Event> = events.to_vec();
+    events.sort_by_key(|e| e.occurred_at);
+
+    let first = |k: EventKind| events.iter().find(|e| e.kind == k);
+    let trigger = first(EventKind::IncidentTriggered);
+    let ack = first(EventKind::IncidentAcknowledged);
+    let resolve = events
+        .iter()
+        .rev()
+        .find(|e| e.kind == EventKind::IncidentResolved);
+    let detection = events
+        .iter()
+        .find(|e| is_detection(e) && trigger.is_none_or(|t| e.occurred_at <= t.occurred_at))
+        .or(trigger);
+    let mitigation = events.iter().find(|e| {
+        matches!(
+            e.kind,
+            EventKind::ChangeRolledBack | EventKind::AnnotationMitigation
+        )
+    });
+
+    let triggered = match trigger {
+        Some(t) => Fact::known(t.occurred_at, vec![t.id]),
+        None => Fact::unknown(),
+    };
+    let at = |e: Option<&Event>| match e {
+        Some(e) => Fact::known(e.occurred_at, vec![e.id]),
+        None => Fact::unknown(),
+    };
+    let detected = at(detection);
+    let acknowledged = at(ack);
+    let mitigated = at(mitigation);
+    let resolved = if incident.status == IncidentStatus::Resolved {
+        at(resolve)
+    } else {
+        Fact::unknown()
+    };
+    let start = detection.or(trigger);
+    let duration_minutes = match (trigger.or(start), resolve) {
+        (Some(s), Some(r)) if incident.status == IncidentStatus::Resolved => {
+            Fact::known(minutes(s.occurred_at, r.occurred_at), vec![s.id, r.id])
+        }
+        _ => Fact::unknown(),
+    };
+    let mut spans = Vec::new();
+    let mut span = |name: &str, a: Option<&Event>, b: Option<&Event>| {
+        if let (Some(a), Some(b)) = (a, b) {
+            spans.push(Span {
+                name: name.to_owned(),
+                minutes: minutes(a.occurred_at, b.occurred_at),
+                from: a.id,
+                to: b.id,
+            });
+        }
+    };
+    if detection.map(|d| d.id) != trigger.map(|t| t.id) {
+        span("Time to page", detection, trigger);
+    }
+    span("Time to acknowledge", trigger, ack);
+    span("Time to mitigate", start, mitigation);
+    span(
+        "Time to resolve",
+        start,
+        resolve.filter(|_| incident.status == IncidentStatus::Resolved),
+    );
+
+    let annotation =
+        |kind| last_annotation(&events, kind).map(|e| Fact::known(text_of(e), vec![e.id]));
+    let title = annotation(EventKind::AnnotationTitle).unwrap_or_else(|| match trigger {
+        Some(t) => Fact::known(incident.title.clone(), vec![t.id]),
+        None => Fact::known(incident.title.clone(), Vec::new()),
+    });
+    let severity = match (&incident.priority, incident.severity, trigger) {
+        (Some(p), _, t) => Fact::known(p.clone(), t.map(|t| vec![t.id]).unwrap_or_default()),
+        (None, Some(s), t) => Fact::known(
+            s.label().to_owned(),
+            t.map(|t| vec![t.id]).unwrap_or_default(),
+        ),
+        _ => Fact::unknown(),
+    };
+    let service = match &incident.service {
+        Some(s) => Fact::known(s.clone(), trigger.map(|t| vec![t.id]).unwrap_or_default()),
+        None => Fact::unknown(),
+    };
+    let users_affected = annotation(EventKind::AnnotationImpact).unwrap_or_else(Fact::unknown);
+
+    let mut responders: Vec<Item> = Vec::new();
+    for e in events.iter().filter(|e| e.actor.is_some()) {
+        let who = e.actor.clone().unwrap_or_default();
+        if e.source == Source::Pagerduty
+            || e.source == Source::Slack
+            || e.kind == EventKind::ChangeRolledBack
+        {
+            match responders.iter_mut().find(|r| r.text == who) {
+                Some(r) => {
+                    if r.evidence.len() < 3 {
+                        r.evidence.push(e.id)
+                    }
+                }
+                None => responders.push(Item {
+                    text: who,
+                    priority: None,
+                    evidence: vec![e.id],
+                }),
+            }
+        }
+    }
+
+    let peaks = peaks(&events);
+    let detected_at = detection
+        .map(|d| d.occurred_at)
+        .unwrap_or(incident.triggered_at);
+    let suspects = suspects(&events, incident, detected_at);
+    let (root_cause, root_cause_suspected) = match annotation(EventKind::AnnotationRootCause) {
+        Some(f) => (f, false),
+        None => match suspects.first() {
+            Some(s) => (
+                Fact::known(
+                    format!("{} ({})", s.title, s.reasons.join("; ")),
+                    s.evidence.clone(),
+                ),
+                true,
+            ),
+            None => (Fact::unknown(), false),
+        },
+    };
+
+    // An edit through the API replaces a whole list: only it and later entries count.
+    let replaced_from = |kind: EventKind| {
+        events
+            .iter()
+            .rposition(|e| {
+                e.kind == kind && e.attrs.get("replace").and_then(Value::as_bool) == Some(true)
+            })
+            .unwrap_or(0)
+    };
+    let list_items = |e: &Event| -> Option<Vec<(String, Option<String>)>> {
+        let items = e.attrs.get("items")?.as_array()?;
+        Some(
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    Value::String(t) => Some((t.clone(), None)),
+                    Value::Object(o) => Some((
+                        o.get("text")?.as_str()?.to_owned(),
+                        o.get("priority")
+                            .and_then(Value::as_str)
+                            .map(str::to_ascii_uppercase),
+                    )),
+                    _ => None,
+                })
+                .collect(),
+        )
+    };
+    let mitigation_from = replaced_from(EventKind::AnnotationMitigation);
+    let mut mitigations: Vec<Item> = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        if e.kind == EventKind::AnnotationMitigation && i < mitigation_from {
+            continue;
+        }
+        if let (EventKind::AnnotationMitigation, Some(items)) = (e.kind, list_items(e)) {
+            for (text, _) in items {
+                mitigations.push(Item {
+                    text,
+                    priority: None,
+                    evidence: vec![e.id],
+                });
+            }
+            continue;
+        }
+        let text = match e.kind {
+            EventKind::AnnotationMitigation => text_of(e),
+            EventKind::ChangeRolledBack => e.title.clone(),
+            _ => continue,
+        };
+        if !mitigations
+            .iter()
+            .any(|m| m.text.eq_ignore_ascii_case(&text))
+        {
+            mitigations.push(Item {
+                text,
+                priority: None,
+                evidence: vec![e.id],
+            });
+        }
+    }
+
+    let action_from = replaced_from(EventKind::AnnotationActionItem);
+    let mut action_items: Vec<Item> = Vec::new();
+    let mut entries: Vec<(String, String, Ulid)> = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        if e.kind != EventKind::AnnotationActionItem || i < action_from {
+            continue;
+        }
+        match list_items(e) {
+            Some(items) => {
+                for (text, priority) in items {
+                    entries.push((text, priority.unwrap_or_else(|| "MEDIUM".into()), e.id));
+                }
+            }
+            None => entries.push((
+                text_of(e),
+                e.attrs
+                    .get("priority")
+                    .and_then(Value::as_str)
+                    .unwrap_or("MEDIUM")
+                    .to_owned(),
+                e.id,
+            )),
+        }
+    }
+    for (text, priority, id) in entries {
+        let e_id = id;
+        match action_items
+            .iter_mut()
+            .find(|a| a.text.trim().eq_ignore_ascii_case(text.trim()))
+        {
+            Some(existing) => {
+                existing.evidence.push(e_id);
+                if rank(&priority) < rank(existing.priority.as_deref().unwrap_or("MEDIUM")) {
+                    existing.priority = Some(priority);
+                }
+            }
+            None => action_items.push(Item {
+                text,
+                priority: Some(priority),
+                evidence: vec![e_id],
+            }),
+        }
+    }
+    action_items.sort_by_key(|a| rank(a.priority.as_deref().unwrap_or("MEDIUM")));
+
+    let multi_day = match (events.first(), events.last()) {
+        (Some(a), Some(b)) => a.occurred_at.date_naive() != b.occurred_at.date_naive(),
+        _ => false,
+    };
+    let timeline: Vec<TimelineEntry> = events
+        .iter()
+        .filter(|e| !e.kind.as_str().starts_with("annotation."))
+        .enumerate()
+        .map(|(i, e)| TimelineEntry {
+            n: i + 1,
+            id: e.id,
+            at: e.occurred_at,
+            source: e.source.display_name().to_owned(),
+            kind: e.kind.as_str().to_owned(),
+            title: e.title.clone(),
+            url: e.url.clone(),
+            correlation: e.correlation.map(|c| {
+                serde_json::to_value(c)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            }),
+            severity: e.severity.map(|s| s.label().to_owned()),
+        })
+        .collect();
+
+    let summary = annotation(EventKind::AnnotationSummary).unwrap_or_else(Fact::unknown);
+    let customer_message =
+        annotation(EventKind::AnnotationCustomerMessage).unwrap_or_else(Fact::unknown);
+
+    Facts {
+        incident_id: incident.id.to_string(),
+        status: incident.status.as_str().to_owned(),
+        draft: incident.status.is_open(),
+        title,
+        severity,
+        service,
+        detected,
+        triggered,
+        acknowledged,
+        mitigated,
+        resolved,
+        duration_minutes,
+        spans,
+        responders,
+        peaks,
+        users_affected,
+        suspects,
+        root_cause,
+        root_cause_suspected,
+        mitigations,
+        action_items,
+        summary,
+        customer_message,
+        timeline,
+        multi_day,
+    }
+}
+
+fn rank(priority: &str) -> u8 {
+    match priority {
+        "HIGH" => 0,
+        "MEDIUM" => 1,
+        _ => 2,
+    }
+}
