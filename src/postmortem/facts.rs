@@ -154,10 +154,10 @@ fn measure_label(e: &Event) -> Option<String> {
         "error rate"
     } else if t.contains("latency") || t.contains("response time") {
         "latency"
-    } else if t.contains("pool") || t.contains("connection") {
-        "connection pool use"
     } else if t.contains("cpu") {
         "CPU"
+    } else if t.contains("pool") || t.contains("connection") {
+        "connection pool use"
     } else if t.contains("memory") {
         "memory"
     } else {
@@ -202,7 +202,17 @@ fn peaks(events: &[Event]) -> Vec<Peak> {
             entry.evidence = vec![e.id];
         }
     }
-    best.into_values().collect()
+    // The measures users feel first.
+    let order = |label: &str| match label {
+        "error rate" => 0,
+        "latency" => 1,
+        "connection pool use" => 2,
+        "CPU" => 3,
+        _ => 4,
+    };
+    let mut out: Vec<Peak> = best.into_values().collect();
+    out.sort_by_key(|p| order(&p.label));
+    out
 }
 
 fn is_detection(e: &Event) -> bool {

@@ -562,6 +562,9 @@ fn context(facts: &Facts, events: &[Event]) -> Value {
         "users_affected": users,
         "severity": severity,
         "service": service.unwrap_or_else(|| unknown.clone()),
+        "responders": if facts.responders.is_empty() { unknown.clone() } else {
+            facts.responders.iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join(", ")
+        },
         "summary": summary,
         "spans": spans,
         "timeline": timeline,

@@ -10,6 +10,7 @@ mod github;
 mod helpers;
 mod lifecycle;
 mod ops;
+mod pack;
 mod pagerduty;
 mod read_api;
 mod replay;

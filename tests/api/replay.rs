@@ -43,9 +43,8 @@ fn deploy(version: &str, t: chrono::DateTime<Utc>) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
-#[tokio::test]
-async fn a_whole_incident_replayed_comes_back_complete_once_each_in_time_order() {
-    let app = spawn_app().await;
+/// Sends the whole seed-like incident `PSEED01` through the webhooks, retries included.
+pub async fn post_seed_incident(app: &TestApp) {
     let t0 = Utc::now() - Duration::minutes(40);
     let m = |mins: i64| t0 + Duration::minutes(mins);
 
