@@ -224,6 +224,8 @@ pub struct PagerDutySettings {
 pub struct GithubSettings {
     pub enabled: bool,
     pub secret: Secret,
+    pub token: Secret,
+    pub api_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -103,9 +103,22 @@ impl Application {
             .map(std::path::PathBuf::from);
         let templates = crate::postmortem::Templates::load(templates_dir.as_deref())
             .context("loading templates (render.templates_dir)")?;
+        let gh = &settings.sources.github;
+        let enricher = match gh.token.as_option() {
+            Some(token) => Some(
+                crate::postmortem::enrich::GithubEnricher::new(
+                    token.expose(),
+                    &gh.api_url,
+                    store.clone(),
+                )
+                .context("building the GitHub client (sources.github.api_url)")?,
+            ),
+            None => None,
+        };
         let renderer = Arc::new(crate::postmortem::renderer::Renderer::new(
             templates,
             store.clone(),
+            enricher,
         ));
         crate::postmortem::renderer::spawn(
             renderer.clone(),

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use ulid::Ulid;
 
+use super::enrich::{pr_key, PrIndex};
 use crate::domain::{Event, EventKind, Incident, IncidentStatus, Source};
 
 /// A value and the events that prove it. `value: None` is written as unknown.
@@ -220,7 +221,12 @@ fn is_detection(e: &Event) -> bool {
 }
 
 /// Ranks the changes before detection (see README, Postmortem).
-fn suspects(events: &[Event], incident: &Incident, detected: DateTime<Utc>) -> Vec<Suspect> {
+fn suspects(
+    events: &[Event],
+    incident: &Incident,
+    detected: DateTime<Utc>,
+    prs: &PrIndex,
+) -> Vec<Suspect> {
     let chat: Vec<&Event> = events
         .iter()
         .filter(|e| {
@@ -310,9 +316,33 @@ fn suspects(events: &[Event], incident: &Incident, detected: DateTime<Utc>) -> V
             reasons.push("later rolled back".into());
             evidence.push(r.id);
         }
+        let details = pr_key(e).and_then(|k| prs.get(&k));
+        if let Some(d) = details {
+            if !d.files.is_empty() {
+                let shown: Vec<&str> = d.files.iter().take(3).map(String::as_str).collect();
+                let more = d.files.len().saturating_sub(3);
+                reasons.push(format!(
+                    "changed {} file{}: {}{}",
+                    d.files.len(),
+                    if d.files.len() == 1 { "" } else { "s" },
+                    shown.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+            if let Some(author) = &d.author {
+                reasons.push(format!("by {author}"));
+            }
+        }
         out.push(Suspect {
             title: e.title.clone(),
-            url: e.url.clone(),
+            url: e
+                .url
+                .clone()
+                .or_else(|| details.and_then(|d| d.url.clone())),
             score,
             reasons,
             evidence,
@@ -329,6 +359,11 @@ fn minutes(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
 
 /// Builds the facts of an incident from its events (any order).
 pub fn facts(incident: &Incident, events: &[Event]) -> Facts {
+    facts_with(incident, events, &PrIndex::new())
+}
+
+/// Like [`facts`], with GitHub's details of the pull requests behind the changes.
+pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts {
     let mut events: Vec<Event> = events.to_vec();
     events.sort_by_key(|e| e.occurred_at);
 
@@ -441,7 +476,7 @@ pub fn facts(incident: &Incident, events: &[Event]) -> Facts {
     let detected_at = detection
         .map(|d| d.occurred_at)
         .unwrap_or(incident.triggered_at);
-    let suspects = suspects(&events, incident, detected_at);
+    let suspects = suspects(&events, incident, detected_at, prs);
     let (root_cause, root_cause_suspected) = match annotation(EventKind::AnnotationRootCause) {
         Some(f) => (f, false),
         None => match suspects.first() {

@@ -3,6 +3,7 @@
 //! `manifest.json` → a deterministic zip. Rendering reads a snapshot of one incident and
 //! returns bytes; it never touches the store.
 
+pub mod enrich;
 pub mod facts;
 pub mod import;
 pub mod renderer;
@@ -657,9 +658,19 @@ pub fn render_pack(
     incident: &Incident,
     events: &[Event],
 ) -> Result<Pack, RenderError> {
+    render_pack_with(templates, incident, events, &enrich::PrIndex::new())
+}
+
+/// Like [`render_pack`], with what the GitHub API said about the pull requests.
+pub fn render_pack_with(
+    templates: &Templates,
+    incident: &Incident,
+    events: &[Event],
+    prs: &enrich::PrIndex,
+) -> Result<Pack, RenderError> {
     let mut events: Vec<Event> = events.to_vec();
     events.sort_by_key(|e| e.occurred_at);
-    let facts = facts::facts(incident, &events);
+    let facts = facts::facts_with(incident, &events, prs);
     let ctx = context(&facts, &events);
     let mut files: Vec<(String, Vec<u8>)> = vec![
         (

@@ -8,7 +8,8 @@ use std::time::Instant;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::{render_pack, Pack, RenderError, Templates};
+use super::enrich::{self, GithubEnricher};
+use super::{render_pack_with, Pack, RenderError, Templates};
 use crate::domain::IncidentId;
 use crate::ingest::{Change, LifecycleChange};
 use crate::store::{Store, StoreError};
@@ -28,11 +29,34 @@ pub enum RenderFailure {
 pub struct Renderer {
     templates: Templates,
     store: Arc<dyn Store>,
+    enricher: Option<GithubEnricher>,
 }
 
 impl Renderer {
-    pub fn new(templates: Templates, store: Arc<dyn Store>) -> Self {
-        Renderer { templates, store }
+    pub fn new(
+        templates: Templates,
+        store: Arc<dyn Store>,
+        enricher: Option<GithubEnricher>,
+    ) -> Self {
+        Renderer {
+            templates,
+            store,
+            enricher,
+        }
+    }
+
+    /// Fetches GitHub details of the incident's pull requests into the cache (when a
+    /// token is configured). Never fails: the render goes on without them.
+    pub async fn enrich(&self, id: &IncidentId) {
+        let Some(enricher) = &self.enricher else {
+            return;
+        };
+        match self.store.incident_events(id) {
+            Ok(events) => {
+                enricher.refresh(&events).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "reading events for enrichment failed"),
+        }
     }
 
     /// Renders the pack now; a resolved incident's pack is also stored.
@@ -43,7 +67,8 @@ impl Renderer {
             .incident(id)?
             .ok_or_else(|| RenderFailure::NotFound(id.to_string()))?;
         let events = self.store.incident_events(id)?;
-        let result = render_pack(&self.templates, &incident, &events);
+        let prs = enrich::cached(self.store.as_ref(), &events);
+        let result = render_pack_with(&self.templates, &incident, &events, &prs);
         let label = if result.is_ok() { "ok" } else { "failed" };
         metrics::counter!("incidentpost_pack_renders_total", "result" => label).increment(1);
         metrics::histogram!("incidentpost_pack_render_duration_seconds").record(started.elapsed());
@@ -100,6 +125,7 @@ pub fn spawn(
                 take(Ok(c));
             }
             for id in due {
+                renderer.enrich(&id).await;
                 let r = renderer.clone();
                 match tokio::task::spawn_blocking(move || r.render(&id)).await {
                     Ok(Ok(_)) => {}

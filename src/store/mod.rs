@@ -111,6 +111,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores the rendered pack of an incident (derived data: not flushed here, sled's
     /// background flush persists it within `storage.flush_every_ms`).
     fn put_pack(&self, id: &IncidentId, zip: &[u8]) -> Result<(), StoreError>;
+    /// Caches derived data (GitHub PR details) under `key` in the cursors tree, outside
+    /// any unit (not flushed here).
+    fn put_cache(&self, key: &str, value: &str) -> Result<(), StoreError>;
     /// The stored pack of an incident.
     fn pack(&self, id: &IncidentId) -> Result<Option<Vec<u8>>, StoreError>;
     /// Cheap liveness probe of the engine for `/readyz`.

@@ -422,6 +422,11 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn put_cache(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.cursors.insert(key.as_bytes(), value.as_bytes())?;
+        Ok(())
+    }
+
     fn pack(&self, id: &IncidentId) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.packs.get(id.as_str().as_bytes())?.map(|v| v.to_vec()))
     }

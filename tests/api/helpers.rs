@@ -342,6 +342,9 @@ impl Store for FaultyStore {
     ) -> Result<(), StoreError> {
         self.inner.put_pack(id, zip)
     }
+    fn put_cache(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.put_cache(key, value)
+    }
     fn pack(&self, id: &incidentpost::domain::IncidentId) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.pack(id)
     }

@@ -483,3 +483,94 @@ fn postmortem_snapshots_match() {
         "unreferenced snapshot files in tests/snapshots"
     );
 }
+
+async fn merged_pr_then_incident(app: &TestApp) {
+    let mut pr = fixture_json("github/pull_request.closed.not-merged.octokit.json");
+    pr["repository"]["full_name"] = "octocat/Hello-World".into();
+    pr["pull_request"]["number"] = 1347.into();
+    pr["pull_request"]["merged"] = true.into();
+    pr["pull_request"]["merged_at"] = at_offset(-24 * 60).into();
+    assert_eq!(
+        app.post_github("pull_request", "g-1347", &serde_json::to_vec(&pr).unwrap())
+            .await
+            .status(),
+        202
+    );
+    app.post_pagerduty(&pd_v3("incident.triggered", "PENR", "E1", &at_offset(-30)))
+        .await;
+    app.post_pagerduty(&pd_v3("incident.resolved", "PENR", "E2", &at_offset(-1)))
+        .await;
+}
+
+#[tokio::test]
+async fn suspect_pull_requests_are_enriched_from_the_github_api() {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let gh = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/repos/octocat/Hello-World/pulls/1347"))
+        .and(header("authorization", "Bearer ghp_test"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_bytes(fixture_bytes("github-api/pulls.get.200.pull-request.json")),
+        )
+        .expect(1)
+        .mount(&gh)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/octocat/Hello-World/pulls/1347/files"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(fixture_bytes(
+            "github-api/pulls.list-files.200.diff-entry-items.json",
+        )))
+        .expect(1)
+        .mount(&gh)
+        .await;
+    let app = spawn_app_with(
+        &format!(
+            "[sources.github]\ntoken = 'ghp_test'\napi_url = '{}'",
+            gh.uri()
+        ),
+        None,
+    )
+    .await;
+    merged_pr_then_incident(&app).await;
+    let md = unzip(&stored_pack(&app, "PENR").await)["postmortem.md"].clone();
+    let root = section(&md, "Root Cause").join("\n");
+    assert!(root.contains("*Suspected*"), "{root}");
+    assert!(
+        root.contains("changed 1 file: file1.txt") && root.contains("by @octocat"),
+        "{root}"
+    );
+    // Cached: a second render makes no new API call (`expect(1)` above).
+    app.client
+        .post(format!("{}/incidents/PENR/render", app.address))
+        .send()
+        .await
+        .unwrap();
+    app.stop().await;
+    gh.verify().await;
+}
+
+#[tokio::test]
+async fn a_failing_github_api_never_blocks_the_render() {
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let gh = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&gh)
+        .await;
+    let app = spawn_app_with(
+        &format!(
+            "[sources.github]\ntoken = 'ghp_test'\napi_url = '{}'",
+            gh.uri()
+        ),
+        None,
+    )
+    .await;
+    merged_pr_then_incident(&app).await;
+    let md = unzip(&stored_pack(&app, "PENR").await)["postmortem.md"].clone();
+    assert!(
+        section(&md, "Root Cause").join(" ").contains("*Suspected*"),
+        "{md}"
+    );
+}
