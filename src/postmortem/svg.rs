@@ -263,10 +263,15 @@ pub fn render(facts: &Facts, events: &[Event]) -> String {
         if key(e.kind) {
             let dy = if labelled % 2 == 0 { -10.0 } else { 18.0 };
             labelled += 1;
+            // Near the right edge the label reads leftwards so it stays on the canvas.
+            let (lx, anchor) = if cx > WIDTH - RIGHT - 220.0 {
+                (cx - 8.0, "end")
+            } else {
+                (cx + 8.0, "start")
+            };
             let _ = writeln!(
                 s,
-                "<text class=\"label\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">{}</text>",
-                cx + 8.0,
+                "<text class=\"label\" x=\"{lx:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"{anchor}\">{}</text>",
                 cy + dy,
                 xml_escape(&short(&e.title, 40))
             );
