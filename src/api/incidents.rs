@@ -4,7 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{authorize, ApiError, AppState};
+use super::{authorize, blocking, parse_id, ApiError, AppState};
 use crate::domain::{Incident, IncidentId};
 
 const DEFAULT_LIMIT: usize = 50;
@@ -19,16 +19,11 @@ pub struct ListQuery {
     offset: Option<usize>,
 }
 
-fn parse_id(raw: &str) -> Result<IncidentId, ApiError> {
-    IncidentId::parse(raw).map_err(|e| ApiError::InvalidIncidentId(e.to_string()))
-}
-
 async fn load_incident(state: &AppState, id: &IncidentId) -> Result<Incident, ApiError> {
     let store = state.store.clone();
     let key = id.clone();
-    web::block(move || store.incident(&key))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
+    blocking(move || store.incident(&key))
+        .await?
         .ok_or_else(|| ApiError::IncidentNotFound(id.to_string()))
 }
 
@@ -60,9 +55,8 @@ pub async fn list(
     }
     let offset = q.offset.unwrap_or(0);
     let store = state.store.clone();
-    let mut incidents: Vec<Incident> = web::block(move || store.incidents())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
+    let mut incidents: Vec<Incident> = blocking(move || store.incidents())
+        .await?
         .into_iter()
         .filter(keep)
         .collect();
@@ -108,9 +102,7 @@ pub async fn events(
     load_incident(&state, &id).await?;
     let store = state.store.clone();
     let key = id.clone();
-    let mut events = web::block(move || store.incident_events(&key))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let mut events = blocking(move || store.incident_events(&key)).await?;
     // Stable: events of the same instant keep their append order.
     events.sort_by_key(|e| e.occurred_at);
     Ok(HttpResponse::Ok().json(json!({"incident_id": id, "events": events})))
@@ -137,9 +129,7 @@ pub async fn unattached(
         )));
     }
     let store = state.store.clone();
-    let mut events = web::block(move || store.stream_events())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let mut events = blocking(move || store.stream_events()).await?;
     // Stable: events of the same instant keep their append order.
     events.sort_by_key(|e| e.occurred_at);
     let total = events.len();

@@ -65,6 +65,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     }));
 }
 
+/// Parses an incident id from a path, answering 400 `invalid_incident_id`.
+pub(crate) fn parse_id(raw: &str) -> Result<crate::domain::IncidentId, ApiError> {
+    crate::domain::IncidentId::parse(raw).map_err(|e| ApiError::InvalidIncidentId(e.to_string()))
+}
+
+/// Runs blocking store or render work off the async workers and maps both layers of
+/// failure into the API's errors.
+pub(crate) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    web::block(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(Into::into)
+}
+
 /// Checks the bearer token of the read/edit API when one is configured.
 pub(crate) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.api_token else {

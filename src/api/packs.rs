@@ -9,15 +9,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use ulid::Ulid;
 
-use super::{authorize, ApiError, AppState};
+use super::{authorize, blocking, parse_id, ApiError, AppState};
 use crate::domain::{Event, EventKind, IncidentId, Source, KEY_INCIDENT_REF};
 use crate::ingest::Submission;
 use crate::postmortem::renderer::RenderFailure;
 use crate::postmortem::{import, FILES};
-
-fn parse_id(raw: &str) -> Result<IncidentId, ApiError> {
-    IncidentId::parse(raw).map_err(|e| ApiError::InvalidIncidentId(e.to_string()))
-}
 
 impl From<RenderFailure> for ApiError {
     fn from(e: RenderFailure) -> Self {
@@ -31,9 +27,7 @@ impl From<RenderFailure> for ApiError {
 
 async fn pack_of(state: &web::Data<AppState>, id: IncidentId) -> Result<(Vec<u8>, bool), ApiError> {
     let renderer = state.renderer.clone();
-    Ok(web::block(move || renderer.pack(&id))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??)
+    blocking(move || renderer.pack(&id)).await
 }
 
 /// `GET /incidents/{id}/pack.zip`.
@@ -101,9 +95,7 @@ pub async fn render(
     let id = parse_id(&path)?;
     let renderer = state.renderer.clone();
     let key = id.clone();
-    let pack = web::block(move || renderer.render(&key))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let pack = blocking(move || renderer.render(&key)).await?;
     let manifest: Value = pack
         .file("manifest.json")
         .and_then(|m| serde_json::from_slice(m).ok())
@@ -176,11 +168,7 @@ pub async fn edit(
     let id = parse_id(&path)?;
     let store = state.store.clone();
     let key = id.clone();
-    if web::block(move || store.incident(&key))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
-        .is_none()
-    {
+    if blocking(move || store.incident(&key)).await?.is_none() {
         return Err(ApiError::IncidentNotFound(id.to_string()));
     }
     let edit = body.into_inner();
@@ -284,9 +272,7 @@ pub async fn edit(
         .await?;
     let renderer = state.renderer.clone();
     let key = id.clone();
-    let pack = web::block(move || renderer.render(&key))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let pack = blocking(move || renderer.render(&key)).await?;
     Ok(HttpResponse::Ok()
         .json(json!({"incident_id": id, "annotations": n, "draft": pack.facts.draft})))
 }
@@ -346,9 +332,7 @@ pub async fn import_timeline(
     let duplicate = matches!(receipt, crate::ingest::Receipt::Duplicate { .. });
     let renderer = state.renderer.clone();
     let key = id.clone();
-    web::block(move || renderer.render(&key))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    blocking(move || renderer.render(&key)).await?;
     let status = if duplicate {
         actix_web::http::StatusCode::OK
     } else {
