@@ -136,6 +136,11 @@ impl Application {
             metrics: telemetry::metrics_handle(),
             pollers,
             renderer,
+            pages: Arc::new(crate::web::Pages::load().context("loading the page templates")?),
+            ui_key: match settings.api.token.as_option() {
+                Some(t) => t.expose().to_owned(),
+                None => format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new()),
+            },
         });
 
         spawn_delivery_pruner(

@@ -4,7 +4,7 @@
 mod error;
 mod incidents;
 mod ops;
-mod packs;
+pub(crate) mod packs;
 mod webhooks;
 
 use std::collections::BTreeMap;
@@ -36,6 +36,10 @@ pub struct AppState {
     pub pollers: Vec<Arc<crate::pollers::PollerHealth>>,
     /// Renders and serves postmortem packs.
     pub renderer: Arc<crate::postmortem::renderer::Renderer>,
+    /// The page templates.
+    pub pages: Arc<crate::web::Pages>,
+    /// Key for CSRF tokens (the API token, else random per process).
+    pub ui_key: String,
 }
 
 /// The route table: every route of the service is registered here.
@@ -59,6 +63,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/incidents/{id}/render", web::post().to(packs::render))
     .route("/incidents/{id}/pack.zip", web::get().to(packs::zip))
     .route("/incidents/{id}/{file}", web::get().to(packs::file))
+    .configure(crate::web::configure)
     .route("/events/unattached", web::get().to(incidents::unattached))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound)
@@ -90,6 +95,10 @@ pub(crate) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiEr
     let Some(token) = &state.api_token else {
         return Ok(());
     };
+    // The pages' session cookie works too (e.g. the Download pack button).
+    if req.headers().get("Authorization").is_none() && crate::web::has_session(req, state) {
+        return Ok(());
+    }
     let presented = req
         .headers()
         .get("Authorization")

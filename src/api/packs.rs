@@ -108,22 +108,22 @@ pub async fn render(
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Edit {
-    title: Option<String>,
-    summary: Option<String>,
-    root_cause: Option<String>,
-    impact: Option<String>,
-    customer_message: Option<String>,
-    mitigations: Option<Vec<String>>,
-    action_items: Option<Vec<ActionItem>>,
+    pub title: Option<String>,
+    pub summary: Option<String>,
+    pub root_cause: Option<String>,
+    pub impact: Option<String>,
+    pub customer_message: Option<String>,
+    pub mitigations: Option<Vec<String>>,
+    pub action_items: Option<Vec<ActionItem>>,
     /// Who made the edit, shown in the history.
-    author: Option<String>,
+    pub author: Option<String>,
 }
 
 #[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionItem {
-    priority: String,
-    text: String,
+    pub priority: String,
+    pub text: String,
 }
 
 fn annotation(
@@ -166,12 +166,23 @@ pub async fn edit(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let id = parse_id(&path)?;
+    let (n, draft) = apply_edit(&state, &id, body.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(json!({"incident_id": id, "annotations": n, "draft": draft})))
+}
+
+/// Appends the annotation events of an edit and renders the pack again; returns how many
+/// annotations were written and whether the pack is a draft. Shared by the API and pages.
+pub(crate) async fn apply_edit(
+    state: &AppState,
+    id: &IncidentId,
+    edit: Edit,
+) -> Result<(usize, bool), ApiError> {
+    let id = id.clone();
     let store = state.store.clone();
     let key = id.clone();
     if blocking(move || store.incident(&key)).await?.is_none() {
         return Err(ApiError::IncidentNotFound(id.to_string()));
     }
-    let edit = body.into_inner();
     let actor = edit
         .author
         .clone()
@@ -273,8 +284,7 @@ pub async fn edit(
     let renderer = state.renderer.clone();
     let key = id.clone();
     let pack = blocking(move || renderer.render(&key)).await?;
-    Ok(HttpResponse::Ok()
-        .json(json!({"incident_id": id, "annotations": n, "draft": pack.facts.draft})))
+    Ok((n, pack.facts.draft))
 }
 
 #[derive(Deserialize)]
@@ -307,32 +317,21 @@ pub async fn import_timeline(
         None => None,
     };
     let id = query.id.as_deref().map(parse_id).transpose()?;
-    let imported = match import::parse(text, date, id) {
-        Ok(i) => i,
-        Err(import::ImportError::Empty) => return Err(ApiError::Payload(crate::sources::NormalizeError::Empty)),
-        Err(import::ImportError::NothingReadable(skipped)) => {
+    let outcome = match import_text(&state, text, date, id).await? {
+        Ok(o) => o,
+        Err(skipped) => {
             return Ok(HttpResponse::BadRequest().json(json!({
                 "error": {"code": "unreadable_timeline", "message": "no line could be read as `HH:MM UTC [Source] text`"},
                 "skipped": skipped,
             })))
         }
     };
-    let id = imported.incident.id.clone();
-    let events = imported.events.len();
-    let receipt = state
-        .ingest
-        .submit(Submission {
-            delivery_keys: vec![format!("import:{}", imported.digest)],
-            events: imported.events,
-            raw: body.to_vec(),
-            cursors: Vec::new(),
-            incident: Some(imported.incident),
-        })
-        .await?;
-    let duplicate = matches!(receipt, crate::ingest::Receipt::Duplicate { .. });
-    let renderer = state.renderer.clone();
-    let key = id.clone();
-    blocking(move || renderer.render(&key)).await?;
+    let ImportOutcome {
+        id,
+        events,
+        skipped,
+        duplicate,
+    } = outcome;
     let status = if duplicate {
         actix_web::http::StatusCode::OK
     } else {
@@ -344,7 +343,54 @@ pub async fn import_timeline(
             "incident_id": id,
             "status": if duplicate { "duplicate" } else { "imported" },
             "events": events,
-            "skipped": imported.skipped,
+            "skipped": skipped,
             "pack": format!("/incidents/{id}/pack.zip"),
         })))
+}
+
+/// What an import did.
+pub(crate) struct ImportOutcome {
+    pub id: IncidentId,
+    pub events: usize,
+    pub skipped: Vec<import::Skipped>,
+    pub duplicate: bool,
+}
+
+/// Imports a pasted timeline and renders its pack. `Ok(Err(skipped))` when no line could
+/// be read. Shared by the API and the pages.
+pub(crate) async fn import_text(
+    state: &AppState,
+    text: &str,
+    date: Option<chrono::NaiveDate>,
+    id: Option<IncidentId>,
+) -> Result<Result<ImportOutcome, Vec<import::Skipped>>, ApiError> {
+    let imported = match import::parse(text, date, id) {
+        Ok(i) => i,
+        Err(import::ImportError::Empty) => {
+            return Err(ApiError::Payload(crate::sources::NormalizeError::Empty))
+        }
+        Err(import::ImportError::NothingReadable(skipped)) => return Ok(Err(skipped)),
+    };
+    let id = imported.incident.id.clone();
+    let events = imported.events.len();
+    let receipt = state
+        .ingest
+        .submit(Submission {
+            delivery_keys: vec![format!("import:{}", imported.digest)],
+            events: imported.events,
+            raw: text.as_bytes().to_vec(),
+            cursors: Vec::new(),
+            incident: Some(imported.incident),
+        })
+        .await?;
+    let duplicate = matches!(receipt, crate::ingest::Receipt::Duplicate { .. });
+    let renderer = state.renderer.clone();
+    let key = id.clone();
+    blocking(move || renderer.render(&key)).await?;
+    Ok(Ok(ImportOutcome {
+        id,
+        events,
+        skipped: imported.skipped,
+        duplicate,
+    }))
 }

@@ -80,6 +80,17 @@ impl Renderer {
         Ok(pack)
     }
 
+    /// A fresh render, not stored (the pages show it).
+    pub fn preview(&self, id: &IncidentId) -> Result<Pack, RenderFailure> {
+        let incident = self
+            .store
+            .incident(id)?
+            .ok_or_else(|| RenderFailure::NotFound(id.to_string()))?;
+        let events = self.store.incident_events(id)?;
+        let prs = enrich::cached(self.store.as_ref(), &events);
+        Ok(render_pack_with(&self.templates, &incident, &events, &prs)?)
+    }
+
     /// The stored pack of a resolved incident, else a fresh render (a draft when open).
     pub fn pack(&self, id: &IncidentId) -> Result<(Vec<u8>, bool), RenderFailure> {
         let incident = self

@@ -15,3 +15,4 @@ mod pagerduty;
 mod read_api;
 mod replay;
 mod slack;
+mod web;

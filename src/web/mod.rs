@@ -1,0 +1,727 @@
+//! Server-rendered pages: incident list, incident page (timeline, evidence, postmortem,
+//! HN post, thread, edit form, history), paste-a-timeline, login. Handlebars with HTML
+//! escaping (event titles come from the internet), plain CSS, one small script for copy
+//! buttons, nothing from a CDN.
+//!
+//! Auth: with `api.token` set, pages need a session cookie (HttpOnly, SameSite=Strict)
+//! obtained by logging in with the token; every form carries a CSRF token bound to it.
+
+use std::collections::BTreeSet;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use handlebars::Handlebars;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::packs::{apply_edit, import_text, ActionItem, Edit};
+use crate::api::{blocking, parse_id, ApiError, AppState};
+use crate::domain::{Event, Incident};
+use crate::postmortem::facts::Facts;
+use crate::sources::signature::{constant_time_eq, hmac_sha256_hex};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "incidentpost_session";
+
+const PAGES: [(&str, &str); 5] = [
+    ("layout", include_str!("../../templates/web/layout.hbs")),
+    ("list", include_str!("../../templates/web/list.hbs")),
+    ("incident", include_str!("../../templates/web/incident.hbs")),
+    ("login", include_str!("../../templates/web/login.hbs")),
+    ("import", include_str!("../../templates/web/import.hbs")),
+];
+const CSS: &str = include_str!("../../static/app.css");
+const JS: &str = include_str!("../../static/app.js");
+
+/// The page templates (HTML-escaped by default).
+pub struct Pages {
+    hb: Handlebars<'static>,
+}
+
+impl Pages {
+    /// Loads the embedded page templates.
+    pub fn load() -> Result<Self, handlebars::TemplateError> {
+        let mut hb = Handlebars::new();
+        hb.register_partial("layout", PAGES[0].1)?;
+        for (name, source) in &PAGES[1..] {
+            hb.register_template_string(name, *source)?;
+        }
+        Ok(Pages { hb })
+    }
+
+    fn page(&self, name: &str, ctx: &Value) -> HttpResponse {
+        match self.hb.render(name, ctx) {
+            Ok(html) => HttpResponse::Ok()
+                .content_type("text/html; charset=utf-8")
+                .insert_header(("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'"))
+                .insert_header(("X-Content-Type-Options", "nosniff"))
+                .body(html),
+            Err(e) => {
+                tracing::error!(error = %e, page = name, "page render failed");
+                HttpResponse::InternalServerError().body("internal error")
+            }
+        }
+    }
+}
+
+/// Page routes; registered by `api::configure`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(|| async { see_other("/ui") }))
+        .route("/ui", web::get().to(list))
+        .route("/ui/login", web::get().to(login_form))
+        .route("/ui/login", web::post().to(login))
+        .route("/ui/logout", web::post().to(logout))
+        .route("/ui/import", web::get().to(import_form))
+        .route("/ui/import", web::post().to(import))
+        .route("/ui/incidents/{id}", web::get().to(incident))
+        .route("/ui/incidents/{id}/edit", web::post().to(edit))
+        .route(
+            "/ui/static/app.css",
+            web::get().to(|| async {
+                HttpResponse::Ok()
+                    .content_type("text/css; charset=utf-8")
+                    .insert_header(("Cache-Control", "max-age=3600"))
+                    .body(CSS)
+            }),
+        )
+        .route(
+            "/ui/static/app.js",
+            web::get().to(|| async {
+                HttpResponse::Ok()
+                    .content_type("text/javascript; charset=utf-8")
+                    .insert_header(("Cache-Control", "max-age=3600"))
+                    .body(JS)
+            }),
+        );
+}
+
+fn see_other(to: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, to.to_owned()))
+        .finish()
+}
+
+/// The cookie value a valid session carries (derived from the token: no session store).
+pub fn session_value(token: &str) -> String {
+    hmac_sha256_hex(token.as_bytes(), &[b"incidentpost-ui-session-v1"])
+}
+
+/// True when the request carries the session cookie (or no token is configured).
+pub fn has_session(req: &HttpRequest, state: &AppState) -> bool {
+    match &state.api_token {
+        None => true,
+        Some(t) => req
+            .cookie(SESSION_COOKIE)
+            .is_some_and(|c| constant_time_eq(c.value(), &session_value(t.expose()))),
+    }
+}
+
+fn csrf_token(req: &HttpRequest, state: &AppState) -> String {
+    let session = req
+        .cookie(SESSION_COOKIE)
+        .map(|c| c.value().to_owned())
+        .unwrap_or_default();
+    hmac_sha256_hex(state.ui_key.as_bytes(), &[b"csrf", session.as_bytes()])
+}
+
+/// `Some(403 page)` unless the form's CSRF token is right.
+fn check_csrf(
+    req: &HttpRequest,
+    state: &AppState,
+    form_value: Option<&str>,
+) -> Option<HttpResponse> {
+    match form_value {
+        Some(v) if constant_time_eq(v, &csrf_token(req, state)) => None,
+        _ => Some(HttpResponse::Forbidden().content_type("text/plain").body(
+            "The form expired or did not come from this site: reload the page and try again.",
+        )),
+    }
+}
+
+/// `Some(redirect to login)` unless the request has a session.
+fn require_session(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
+    if has_session(req, state) {
+        None
+    } else {
+        let next = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/ui");
+        Some(see_other(&format!("/ui/login?next={}", urlencode(next))))
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Only local paths are followed after login (no open redirect).
+fn safe_next(next: &str) -> &str {
+    if next.starts_with("/ui") && !next.starts_with("//") {
+        next
+    } else {
+        "/ui"
+    }
+}
+
+fn base_ctx(req: &HttpRequest, state: &AppState, title: &str) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("page_title".into(), Value::from(title));
+    m.insert("csrf".into(), Value::from(csrf_token(req, state)));
+    m.insert(
+        "logged_in".into(),
+        Value::Bool(state.api_token.is_some() && has_session(req, state)),
+    );
+    m
+}
+
+fn duration_text(i: &Incident) -> String {
+    match i.duration_secs() {
+        Some(s) if s >= 7200 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        Some(s) => format!("{} min", (s + 30) / 60),
+        None => format!(
+            "open {} min",
+            ((chrono::Utc::now() - i.triggered_at).num_seconds().max(0) + 30) / 60
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    service: Option<String>,
+    q: Option<String>,
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(r) = require_session(&req, &state) {
+        return Ok(r);
+    }
+    let store = state.store.clone();
+    let all: Vec<Incident> = blocking(move || store.incidents()).await?;
+    let status = query.status.clone().unwrap_or_else(|| "all".into());
+    let service = query.service.clone().unwrap_or_default();
+    let q = query.q.clone().unwrap_or_default();
+    let services: BTreeSet<String> = all.iter().filter_map(|i| i.service.clone()).collect();
+    let mut shown: Vec<&Incident> = all
+        .iter()
+        .filter(|i| match status.as_str() {
+            "open" => i.status.is_open(),
+            "resolved" => !i.status.is_open(),
+            _ => true,
+        })
+        .filter(|i| service.is_empty() || i.service.as_deref() == Some(service.as_str()))
+        .filter(|i| q.is_empty() || i.title.to_lowercase().contains(&q.to_lowercase()))
+        .collect();
+    // Open first, then newest.
+    shown.sort_by(|a, b| {
+        b.status
+            .is_open()
+            .cmp(&a.status.is_open())
+            .then(b.triggered_at.cmp(&a.triggered_at))
+    });
+    let any_open = shown.iter().any(|i| i.status.is_open());
+    let rows: Vec<Value> = shown
+        .iter()
+        .map(|i| {
+            json!({
+                "id": i.id, "title": i.title, "status": i.status.as_str(),
+                "service": i.service.clone().unwrap_or_else(|| "—".into()),
+                "severity": i.priority.clone().or(i.severity.map(|s| s.label().to_owned())).unwrap_or_else(|| "—".into()),
+                "started": i.triggered_at.format("%Y-%m-%d %H:%M").to_string(),
+                "duration": duration_text(i),
+            })
+        })
+        .collect();
+    let mut ctx = base_ctx(&req, &state, "Incidents");
+    ctx.insert("incidents".into(), Value::from(rows));
+    ctx.insert("total".into(), Value::from(shown.len()));
+    ctx.insert("one".into(), Value::Bool(shown.len() == 1));
+    ctx.insert("q".into(), Value::from(q));
+    ctx.insert(
+        "statuses".into(),
+        json!([["all", "all"], ["open", "open"], ["resolved", "resolved"]]
+            .iter()
+            .map(|[v, l]| json!({"value": v, "label": l, "selected": *v == status}))
+            .collect::<Vec<_>>()),
+    );
+    ctx.insert(
+        "services".into(),
+        Value::from(
+            services
+                .iter()
+                .map(|s| json!({"value": s, "selected": *s == service}))
+                .collect::<Vec<_>>(),
+        ),
+    );
+    if any_open {
+        ctx.insert("refresh".into(), Value::from(30));
+    }
+    Ok(state.pages.page("list", &Value::Object(ctx)))
+}
+
+/// Markdown → HTML with raw HTML shown as text: event titles come from the internet.
+pub fn markdown_to_html(md: &str) -> String {
+    use pulldown_cmark::{html, Event as MdEvent, Options, Parser};
+    let parser =
+        Parser::new_ext(md, Options::ENABLE_TABLES | Options::ENABLE_FOOTNOTES).map(|e| match e {
+            MdEvent::Html(h) | MdEvent::InlineHtml(h) => MdEvent::Text(h),
+            other => other,
+        });
+    let mut out = String::new();
+    html::push_html(&mut out, parser);
+    out
+}
+
+fn fact_evidence(
+    ids: &[ulid::Ulid],
+    index: &std::collections::HashMap<ulid::Ulid, (usize, String)>,
+) -> Vec<Value> {
+    ids.iter()
+        .filter_map(|id| {
+            index
+                .get(id)
+                .map(|(n, title)| json!({"id": id.to_string(), "n": n, "title": title}))
+        })
+        .collect()
+}
+
+fn facts_view(
+    f: &Facts,
+    index: &std::collections::HashMap<ulid::Ulid, (usize, String)>,
+) -> Vec<Value> {
+    let unknown = || "unknown".to_owned();
+    let t = |v: &Option<chrono::DateTime<chrono::Utc>>| {
+        v.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_else(unknown)
+    };
+    let mut out = vec![
+        json!({"label": "Title", "value": f.title.value.clone().unwrap_or_else(unknown), "evidence": fact_evidence(&f.title.evidence, index)}),
+        json!({"label": "Severity", "value": f.severity.value.clone().unwrap_or_else(unknown), "evidence": fact_evidence(&f.severity.evidence, index)}),
+        json!({"label": "Detected", "value": t(&f.detected.value), "evidence": fact_evidence(&f.detected.evidence, index)}),
+        json!({"label": "Acknowledged", "value": t(&f.acknowledged.value), "evidence": fact_evidence(&f.acknowledged.evidence, index)}),
+        json!({"label": "Mitigated", "value": t(&f.mitigated.value), "evidence": fact_evidence(&f.mitigated.evidence, index)}),
+        json!({"label": "Resolved", "value": t(&f.resolved.value), "evidence": fact_evidence(&f.resolved.evidence, index)}),
+        json!({"label": "Duration", "value": f.duration_minutes.value.map(|m| format!("{m} minutes")).unwrap_or_else(unknown), "evidence": fact_evidence(&f.duration_minutes.evidence, index)}),
+        json!({"label": "Users affected", "value": f.users_affected.value.clone().unwrap_or_else(unknown), "evidence": fact_evidence(&f.users_affected.evidence, index)}),
+        json!({"label": if f.root_cause_suspected { "Root cause (suspected)" } else { "Root cause" }, "value": f.root_cause.value.clone().unwrap_or_else(unknown), "evidence": fact_evidence(&f.root_cause.evidence, index)}),
+    ];
+    for p in &f.peaks {
+        out.push(json!({"label": format!("Peak {}", p.label), "value": format!("{}{}", crate::postmortem::fmt_num(p.value), p.unit), "evidence": fact_evidence(&p.evidence, index)}));
+    }
+    for m in &f.mitigations {
+        out.push(json!({"label": "Mitigation", "value": m.text, "evidence": fact_evidence(&m.evidence, index)}));
+    }
+    for a in &f.action_items {
+        out.push(json!({"label": format!("Action ({})", a.priority.clone().unwrap_or_default()), "value": a.text, "evidence": fact_evidence(&a.evidence, index)}));
+    }
+    out
+}
+
+async fn incident(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(r) = require_session(&req, &state) {
+        return Ok(r);
+    }
+    let id = parse_id(&path)?;
+    let store = state.store.clone();
+    let key = id.clone();
+    let (incident, mut events) = blocking(move || {
+        let incident = store.incident(&key)?;
+        let events = store.incident_events(&key)?;
+        Ok::<_, crate::store::StoreError>((incident, events))
+    })
+    .await?;
+    let incident = incident.ok_or_else(|| ApiError::IncidentNotFound(id.to_string()))?;
+    let renderer = state.renderer.clone();
+    let key = id.clone();
+    let pack = blocking(move || renderer.preview(&key)).await?;
+    events.sort_by_key(|e| e.occurred_at);
+    let file =
+        |name: &str| String::from_utf8_lossy(pack.file(name).unwrap_or_default()).into_owned();
+    let index: std::collections::HashMap<ulid::Ulid, (usize, String)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.id, (i + 1, e.title.clone())))
+        .collect();
+    let rows: Vec<Value> = events.iter().map(event_row).collect();
+    let history: Vec<Value> = events
+        .iter()
+        .filter(|e| e.kind.as_str().starts_with("annotation."))
+        .map(event_row)
+        .collect();
+    let thread = file("twitter-thread.txt");
+    let tweets: Vec<Value> = thread
+        .split("\n\n")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| json!({"text": t, "chars": t.chars().count(), "over": t.chars().count() > 280}))
+        .collect();
+    let hn = file("hn-post.txt");
+    let f = &pack.facts;
+    let mut action_rows: Vec<Value> = f
+        .action_items
+        .iter()
+        .map(|a| {
+            let p = a.priority.clone().unwrap_or_else(|| "MEDIUM".into());
+            json!({"text": a.text, "high": p == "HIGH", "medium": p == "MEDIUM", "low": p == "LOW"})
+        })
+        .collect();
+    for _ in 0..3 {
+        action_rows.push(json!({"text": "", "high": false, "medium": true, "low": false}));
+    }
+    let mut ctx = base_ctx(&req, &state, &incident.title);
+    let title = f
+        .title
+        .value
+        .clone()
+        .unwrap_or_else(|| incident.title.clone());
+    ctx.insert("title".into(), Value::from(title.clone()));
+    ctx.insert("id".into(), Value::from(incident.id.to_string()));
+    ctx.insert("status".into(), Value::from(incident.status.as_str()));
+    ctx.insert("draft".into(), Value::Bool(f.draft));
+    ctx.insert("duration".into(), Value::from(duration_text(&incident)));
+    ctx.insert(
+        "users_affected".into(),
+        Value::from(
+            f.users_affected
+                .value
+                .clone()
+                .unwrap_or_else(|| "unknown".into()),
+        ),
+    );
+    ctx.insert(
+        "severity".into(),
+        Value::from(f.severity.value.clone().unwrap_or_else(|| "unknown".into())),
+    );
+    ctx.insert(
+        "service".into(),
+        Value::from(f.service.value.clone().unwrap_or_else(|| "unknown".into())),
+    );
+    ctx.insert(
+        "responders".into(),
+        Value::from(if f.responders.is_empty() {
+            "unknown".to_owned()
+        } else {
+            f.responders
+                .iter()
+                .map(|r| r.text.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
+    );
+    // Our own SVG: every text in it is XML-escaped when drawn.
+    ctx.insert("svg".into(), Value::from(file("timeline.svg")));
+    ctx.insert("events".into(), Value::from(rows));
+    ctx.insert("facts".into(), Value::from(facts_view(f, &index)));
+    ctx.insert(
+        "postmortem_html".into(),
+        Value::from(markdown_to_html(&file("postmortem.md"))),
+    );
+    ctx.insert("hn_chars".into(), Value::from(hn.chars().count()));
+    ctx.insert("hn".into(), Value::from(hn));
+    ctx.insert("tweets".into(), Value::from(tweets));
+    ctx.insert("history".into(), Value::from(history));
+    ctx.insert(
+        "edit".into(),
+        json!({
+            "title": title,
+            "summary": f.summary.value.clone().unwrap_or_default(),
+            "root_cause": if f.root_cause_suspected { String::new() } else { f.root_cause.value.clone().unwrap_or_default() },
+            "impact": f.users_affected.value.clone().unwrap_or_default(),
+            "mitigations": f.mitigations.iter().map(|m| m.text.as_str()).collect::<Vec<_>>().join("\n"),
+            "action_items": action_rows,
+            "customer_message": f.customer_message.value.clone().unwrap_or_default(),
+        }),
+    );
+    Ok(state.pages.page("incident", &Value::Object(ctx)))
+}
+
+fn event_row(e: &Event) -> Value {
+    json!({
+        "id": e.id.to_string(),
+        "time": e.occurred_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        "source": e.source.display_name(),
+        "title": e.title,
+        "actor": e.actor.clone().unwrap_or_default(),
+        "url": e.url.clone().filter(|u| u.starts_with("https://") || u.starts_with("http://")),
+        "rule": e.correlation.map(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()).unwrap_or_default(),
+        "kind_class": if e.kind.as_str().starts_with("annotation.") { "annotation" } else { "" },
+    })
+}
+
+async fn edit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    form: web::Form<Vec<(String, String)>>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(r) = require_session(&req, &state) {
+        return Ok(r);
+    }
+    let fields = form.into_inner();
+    let get = |k: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    if let Some(r) = check_csrf(&req, &state, get("csrf").as_deref()) {
+        return Ok(r);
+    }
+    let id = parse_id(&path)?;
+    let renderer = state.renderer.clone();
+    let key = id.clone();
+    let current = blocking(move || renderer.preview(&key)).await?.facts;
+    // Only what changed becomes an annotation, so the history stays readable.
+    let changed = |new: Option<String>, old: Option<String>| {
+        new.filter(|n| Some(n.as_str()) != old.as_deref() && !n.is_empty())
+    };
+    let priorities: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| k == "action_priority")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let texts: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| k == "action_text")
+        .map(|(_, v)| v.trim().to_owned())
+        .collect();
+    let actions: Vec<ActionItem> = texts
+        .iter()
+        .zip(
+            priorities
+                .iter()
+                .chain(std::iter::repeat(&"MEDIUM".to_owned())),
+        )
+        .filter(|(t, _)| !t.is_empty())
+        .map(|(t, p)| ActionItem {
+            priority: p.to_ascii_uppercase(),
+            text: t.clone(),
+        })
+        .collect();
+    let old_actions: Vec<(String, String)> = current
+        .action_items
+        .iter()
+        .map(|a| (a.priority.clone().unwrap_or_default(), a.text.clone()))
+        .collect();
+    let new_actions: Vec<(String, String)> = actions
+        .iter()
+        .map(|a| (a.priority.clone(), a.text.clone()))
+        .collect();
+    let mitigations: Vec<String> = get("mitigations")
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let old_mitigations: Vec<String> = current.mitigations.iter().map(|m| m.text.clone()).collect();
+    let edit = Edit {
+        title: changed(get("title"), current.title.value.clone()),
+        summary: changed(get("summary"), current.summary.value.clone()),
+        root_cause: changed(
+            get("root_cause"),
+            if current.root_cause_suspected {
+                None
+            } else {
+                current.root_cause.value.clone()
+            },
+        ),
+        impact: changed(get("impact"), current.users_affected.value.clone()),
+        customer_message: changed(
+            get("customer_message"),
+            current.customer_message.value.clone(),
+        ),
+        mitigations: (mitigations != old_mitigations).then_some(mitigations),
+        action_items: (new_actions != old_actions).then_some(actions),
+        author: get("author").filter(|a| !a.is_empty()),
+    };
+    let nothing = edit.title.is_none()
+        && edit.summary.is_none()
+        && edit.root_cause.is_none()
+        && edit.impact.is_none()
+        && edit.customer_message.is_none()
+        && edit.mitigations.is_none()
+        && edit.action_items.is_none();
+    if !nothing {
+        apply_edit(&state, &id, edit).await?;
+    }
+    Ok(see_other(&format!("/ui/incidents/{id}#h-pm")))
+}
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    next: Option<String>,
+}
+
+async fn login_form(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<LoginQuery>,
+) -> HttpResponse {
+    if state.api_token.is_none() {
+        return see_other("/ui");
+    }
+    let mut ctx = base_ctx(&req, &state, "Log in");
+    ctx.insert(
+        "next".into(),
+        Value::from(safe_next(query.next.as_deref().unwrap_or("/ui"))),
+    );
+    state.pages.page("login", &Value::Object(ctx))
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<LoginForm>,
+) -> HttpResponse {
+    let Some(token) = &state.api_token else {
+        return see_other("/ui");
+    };
+    if !constant_time_eq(form.token.trim(), token.expose()) {
+        let mut ctx = base_ctx(&req, &state, "Log in");
+        ctx.insert("error".into(), Value::from("That token is not right."));
+        ctx.insert(
+            "next".into(),
+            Value::from(safe_next(form.next.as_deref().unwrap_or("/ui"))),
+        );
+        let mut res = state.pages.page("login", &Value::Object(ctx));
+        *res.status_mut() = actix_web::http::StatusCode::UNAUTHORIZED;
+        return res;
+    }
+    let cookie = actix_web::cookie::Cookie::build(SESSION_COOKIE, session_value(token.expose()))
+        .path("/")
+        .http_only(true)
+        .same_site(actix_web::cookie::SameSite::Strict)
+        .finish();
+    HttpResponse::SeeOther()
+        .cookie(cookie)
+        .insert_header((
+            header::LOCATION,
+            safe_next(form.next.as_deref().unwrap_or("/ui")).to_owned(),
+        ))
+        .finish()
+}
+
+async fn logout(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<Vec<(String, String)>>,
+) -> HttpResponse {
+    let csrf = form
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.as_str());
+    if let Some(r) = check_csrf(&req, &state, csrf) {
+        return r;
+    }
+    let mut cookie = actix_web::cookie::Cookie::build(SESSION_COOKIE, "")
+        .path("/")
+        .http_only(true)
+        .finish();
+    cookie.make_removal();
+    HttpResponse::SeeOther()
+        .cookie(cookie)
+        .insert_header((header::LOCATION, "/ui/login"))
+        .finish()
+}
+
+async fn import_form(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    if let Some(r) = require_session(&req, &state) {
+        return r;
+    }
+    state.pages.page(
+        "import",
+        &Value::Object(base_ctx(&req, &state, "Paste a timeline")),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct ImportForm {
+    csrf: Option<String>,
+    timeline: String,
+    date: Option<String>,
+}
+
+async fn import(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<ImportForm>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(r) = require_session(&req, &state) {
+        return Ok(r);
+    }
+    if let Some(r) = check_csrf(&req, &state, form.csrf.as_deref()) {
+        return Ok(r);
+    }
+    let mut ctx = base_ctx(&req, &state, "Paste a timeline");
+    ctx.insert("text".into(), Value::from(form.timeline.clone()));
+    ctx.insert(
+        "date".into(),
+        Value::from(form.date.clone().unwrap_or_default()),
+    );
+    let date = form
+        .date
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+    let outcome = match import_text(&state, &form.timeline, date, None).await {
+        Ok(o) => o,
+        Err(ApiError::Payload(_)) => {
+            ctx.insert("error".into(), Value::from("The timeline is empty."));
+            let mut res = state.pages.page("import", &Value::Object(ctx));
+            *res.status_mut() = actix_web::http::StatusCode::BAD_REQUEST;
+            return Ok(res);
+        }
+        Err(e) => return Err(e),
+    };
+    match outcome {
+        Err(skipped) => {
+            ctx.insert(
+                "error".into(),
+                Value::from("No line could be read as `HH:MM UTC [Source] text`."),
+            );
+            ctx.insert(
+                "skipped".into(),
+                serde_json::to_value(skipped).unwrap_or(Value::Null),
+            );
+            let mut res = state.pages.page("import", &Value::Object(ctx));
+            *res.status_mut() = actix_web::http::StatusCode::BAD_REQUEST;
+            Ok(res)
+        }
+        Ok(o) if o.skipped.is_empty() => Ok(see_other(&format!("/ui/incidents/{}", o.id))),
+        Ok(o) => {
+            // Show what was not read, then go on to the incident.
+            let next = format!("/ui/incidents/{}", o.id);
+            ctx.insert(
+                "skipped".into(),
+                serde_json::to_value(&o.skipped).unwrap_or(Value::Null),
+            );
+            ctx.insert("next".into(), Value::from(next.clone()));
+            ctx.insert("refresh".into(), Value::from(format!("8; url={next}")));
+            Ok(state.pages.page("import", &Value::Object(ctx)))
+        }
+    }
+}
