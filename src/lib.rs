@@ -16,4 +16,5 @@ pub mod sources;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod transfer;
 pub mod web;

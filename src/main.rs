@@ -32,6 +32,20 @@ enum Command {
     Serve,
     /// Load and validate the configuration, print it with secrets redacted, and exit.
     CheckConfig,
+    /// Write every incident, event, raw payload, delivery id and cursor of the data
+    /// directory (storage.path) as NDJSON, for back-ups or moving to another store. Run it
+    /// while the service is stopped (sled allows one process per directory).
+    Export {
+        /// Output file ("-" for standard output).
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+    },
+    /// Load an export into an empty data directory (storage.path) and render the packs of
+    /// resolved incidents again.
+    Import {
+        /// The NDJSON file written by `export` ("-" for standard input).
+        input: PathBuf,
+    },
     /// Turn a pasted timeline (lines like `14:23 UTC [PagerDuty] CRITICAL: …`) into a
     /// postmortem pack, offline: no server, no data directory.
     Render {
@@ -87,6 +101,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Export { output } => exit_with(export(&settings, &output)),
+        Command::Import { input } => exit_with(import(&settings, &input)),
         Command::Serve => {
             telemetry::init_tracing(&settings.log);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -112,6 +128,60 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn exit_with(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn export(settings: &Settings, output: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let store = incidentpost::startup::open_store(settings)?;
+    let lines = if output.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut w = std::io::BufWriter::new(stdout.lock());
+        incidentpost::transfer::export(store.as_ref(), &mut w)?
+    } else {
+        let file = std::fs::File::create(output)
+            .with_context(|| format!("creating {}", output.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        incidentpost::transfer::export(store.as_ref(), &mut w)?
+    };
+    eprintln!(
+        "exported {lines} records from {}",
+        settings.storage.path.display()
+    );
+    Ok(())
+}
+
+fn import(settings: &Settings, input: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let store = incidentpost::startup::open_store(settings)?;
+    let dir = Some(settings.render.templates_dir.trim())
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from);
+    let templates = incidentpost::postmortem::Templates::load(dir.as_deref())?;
+    let (lines, incidents) = if input.as_os_str() == "-" {
+        let stdin = std::io::stdin();
+        let mut r = stdin.lock();
+        incidentpost::transfer::import(store.as_ref(), &mut r, &templates)?
+    } else {
+        let file =
+            std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+        let mut r = std::io::BufReader::new(file);
+        incidentpost::transfer::import(store.as_ref(), &mut r, &templates)?
+    };
+    eprintln!(
+        "imported {lines} records ({incidents} incidents) into {}",
+        settings.storage.path.display()
+    );
+    Ok(())
 }
 
 fn render_offline(

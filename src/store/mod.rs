@@ -47,6 +47,43 @@ pub struct DeliveryRecord {
     pub event_ids: Vec<Ulid>,
 }
 
+/// One record of the NDJSON export (`incidentpost export` / `import`): the whole store in
+/// an engine-neutral form, so data can move to another store. Packs are not exported:
+/// they are rendered again from the events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExportRecord {
+    /// First line: what wrote the file.
+    Header {
+        schema: u32,
+        generator: String,
+    },
+    Incident(Box<Incident>),
+    /// An event of an incident's log, with its position.
+    Event {
+        seq: u64,
+        event: Box<Event>,
+    },
+    /// An unattached event.
+    Stream(Box<Event>),
+    Raw {
+        id: Ulid,
+        payload_base64: String,
+    },
+    Delivery {
+        key: String,
+        record: DeliveryRecord,
+    },
+    Link {
+        key: String,
+        incident: IncidentId,
+    },
+    Cursor {
+        key: String,
+        value: String,
+    },
+}
+
 /// The write side of one atomic unit. Implementations buffer everything until
 /// [`Store::write`] commits it.
 pub trait WriteTx {
@@ -120,4 +157,9 @@ pub trait Store: Send + Sync + 'static {
     fn check(&self) -> Result<(), StoreError>;
     /// Flushes everything written so far.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Every record of the store, in a stable order (export).
+    fn export(
+        &self,
+        sink: &mut dyn FnMut(ExportRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
 }

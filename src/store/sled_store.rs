@@ -16,7 +16,7 @@ use sled::transaction::{
 use sled::Transactional;
 use ulid::Ulid;
 
-use super::{DeliveryRecord, Store, StoreError, WriteTx, SCHEMA_VERSION};
+use super::{DeliveryRecord, ExportRecord, Store, StoreError, WriteTx, SCHEMA_VERSION};
 use crate::domain::{Event, Incident, IncidentId};
 
 const META_SCHEMA: &[u8] = b"schema_version";
@@ -438,6 +438,71 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
+        Ok(())
+    }
+
+    fn export(
+        &self,
+        sink: &mut dyn FnMut(ExportRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use base64::Engine;
+        sink(ExportRecord::Header {
+            schema: SCHEMA_VERSION,
+            generator: concat!("incidentpost ", env!("CARGO_PKG_VERSION")).to_owned(),
+        })?;
+        for kv in self.incidents.iter() {
+            let (k, v) = kv?;
+            let incident: Incident = decode(&k, &v)?;
+            let id = incident.id.clone();
+            sink(ExportRecord::Incident(Box::new(incident)))?;
+            for kv in self.events.scan_prefix(event_prefix(&id)) {
+                let (k, v) = kv?;
+                let seq = k
+                    .get(k.len().saturating_sub(8)..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                sink(ExportRecord::Event {
+                    seq,
+                    event: Box::new(decode(&k, &v)?),
+                })?;
+            }
+        }
+        for kv in self.stream.iter() {
+            let (k, v) = kv?;
+            sink(ExportRecord::Stream(Box::new(decode(&k, &v)?)))?;
+        }
+        for kv in self.raw.iter() {
+            let (k, v) = kv?;
+            let id = <[u8; 16]>::try_from(k.as_ref())
+                .map(Ulid::from_bytes)
+                .unwrap_or_default();
+            sink(ExportRecord::Raw {
+                id,
+                payload_base64: base64::engine::general_purpose::STANDARD.encode(&v),
+            })?;
+        }
+        for kv in self.deliveries.iter() {
+            let (k, v) = kv?;
+            sink(ExportRecord::Delivery {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                record: decode(&k, &v)?,
+            })?;
+        }
+        for kv in self.links.iter() {
+            let (k, v) = kv?;
+            sink(ExportRecord::Link {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                incident: decode(&k, &v)?,
+            })?;
+        }
+        for kv in self.cursors.iter() {
+            let (k, v) = kv?;
+            sink(ExportRecord::Cursor {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                value: String::from_utf8_lossy(&v).into_owned(),
+            })?;
+        }
         Ok(())
     }
 }

@@ -351,6 +351,12 @@ impl Store for FaultyStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
     }
+    fn export(
+        &self,
+        sink: &mut dyn FnMut(incidentpost::store::ExportRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.inner.export(sink)
+    }
 }
 
 /// A free loopback port for a child process.
