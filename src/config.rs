@@ -168,6 +168,7 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub workers: usize,
     pub shutdown_timeout_secs: u64,
+    pub request_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -355,6 +356,12 @@ impl Settings {
             return Err(invalid(
                 "server.host",
                 format!("'{}' is not an IP address or 'localhost'", self.server.host),
+            ));
+        }
+        if !(1..=300).contains(&self.server.request_timeout_secs) {
+            return Err(invalid(
+                "server.request_timeout_secs",
+                "must be between 1 and 300",
             ));
         }
         if self.server.max_body_bytes < 1024 {

@@ -133,6 +133,7 @@ impl Application {
             disabled_sources,
             api_token: settings.api.token.as_option().cloned(),
             max_body_bytes: settings.server.max_body_bytes,
+            request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
             metrics: telemetry::metrics_handle(),
             pollers,
             renderer,
@@ -162,6 +163,10 @@ impl Application {
                 .configure(api::configure)
         })
         .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        // Slow clients (slowloris) get this long to send their request head, and a
+        // stalled body is cut off by the same bound on each read.
+        .client_request_timeout(Duration::from_secs(settings.server.request_timeout_secs))
+        .client_disconnect_timeout(Duration::from_secs(1))
         .listen(listener)?;
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);

@@ -22,6 +22,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {0} seconds")]
+    BodyTimeout(u64),
     #[error("unknown source '{0}'; webhooks are taken at /webhooks/pagerduty, datadog, github, slack and cloudwatch")]
     UnknownSource(String),
     #[error("source '{0}' is disabled in the configuration")]
@@ -56,6 +58,7 @@ impl ApiError {
             ApiError::Payload(NormalizeError::Shape(_)) => "invalid_payload",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::BodyRead(_) => "malformed_body",
+            ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::UnknownSource(_) => "unknown_source",
             ApiError::SourceDisabled(_) => "source_disabled",
             ApiError::InvalidIncidentId(_) => "invalid_incident_id",
@@ -100,6 +103,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidIncidentId(_)
             | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnknownSource(_)
             | ApiError::SourceDisabled(_)
             | ApiError::IncidentNotFound(_)

@@ -3,6 +3,7 @@
 
 mod error;
 mod incidents;
+mod openapi;
 mod ops;
 pub(crate) mod packs;
 mod webhooks;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub disabled_sources: Vec<Source>,
     pub api_token: Option<Secret>,
     pub max_body_bytes: usize,
+    /// How long a webhook body may take to arrive (slow senders are cut off: 408).
+    pub request_timeout: std::time::Duration,
     pub metrics: PrometheusHandle,
     /// Health of the running pollers, for `/readyz`.
     pub pollers: Vec<Arc<crate::pollers::PollerHealth>>,
@@ -54,6 +57,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))
     .route("/metrics", web::get().to(ops::metrics))
+    .route("/openapi.json", web::get().to(openapi::serve))
     .route("/webhooks/{source}", web::post().to(webhooks::receive))
     .route("/incidents", web::get().to(incidents::list))
     .route("/incidents/import", web::post().to(packs::import_timeline))

@@ -48,7 +48,12 @@ async fn handle(
             ApiError::UnknownSource(source.to_string())
         });
     };
-    let body = read_body(req, payload, state.max_body_bytes).await?;
+    let body = tokio::time::timeout(
+        state.request_timeout,
+        read_body(req, payload, state.max_body_bytes),
+    )
+    .await
+    .map_err(|_| ApiError::BodyTimeout(state.request_timeout.as_secs()))??;
     let headers = Headers::new(
         req.headers()
             .iter()
