@@ -21,12 +21,14 @@ enum Kind {
     Datadog,
     Github,
     Slack,
+    /// The equivalent alert, to Prometheus Alertmanager's `/api/v2/alerts`.
+    Alertmanager,
 }
 
 struct Server {
     child: Child,
     base: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -60,7 +62,7 @@ fn start(max_batch: usize) -> Server {
     Server {
         child,
         base: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
+        dir,
     }
 }
 
@@ -100,6 +102,13 @@ fn request(kind: Kind, n: u64) -> (&'static str, Vec<(&'static str, String)>, Ve
                 ],
                 b,
             )
+        }
+        Kind::Alertmanager => {
+            let b = format!(
+                r#"[{{"labels":{{"alertname":"APIResponseTime","service":"api","severity":"critical","n":"{n}"}},"annotations":{{"summary":"API response time > 5000ms"}},"startsAt":"2026-01-10T14:23:00Z"}}]"#
+            )
+            .into_bytes();
+            ("api/v2/alerts", vec![], b)
         }
         Kind::Slack => {
             let b = format!(
@@ -184,15 +193,20 @@ async fn run_step(
                 }
                 let (path, headers, b) = request(kind, start_n + i);
                 let t = Instant::now();
+                let url = if path.starts_with("api/") {
+                    format!("{base}/{path}")
+                } else {
+                    format!("{base}/webhooks/{path}")
+                };
                 let mut req = client
-                    .post(format!("{base}/webhooks/{path}"))
+                    .post(url)
                     .header("Content-Type", "application/json")
                     .body(b);
                 for (k, v) in headers {
                     req = req.header(k, v);
                 }
                 match req.send().await {
-                    Ok(r) if r.status().as_u16() == 202 => lat.push(t.elapsed()),
+                    Ok(r) if r.status().is_success() => lat.push(t.elapsed()),
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -289,5 +303,231 @@ fn main() {
                 s.errors
             );
         }
+        drop(server);
+        references(&client, requests, smoke).await;
     });
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The ceiling (same HTTP stack, signature check and JSON parse, no storage) and the peer
+/// (Prometheus Alertmanager, in memory) in the same run, plus memory and disk figures.
+async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    println!();
+    println!("reference points, concurrency 64, {requests} requests each");
+    println!("| server | req/s | p50 ms | p99 ms | errors |");
+    println!("|---|---|---|---|---|");
+    let row = |label: &str, s: &Step| {
+        println!(
+            "| {label} | {:.0} | {:.2} | {:.2} | {} |",
+            s.rps,
+            s.p50.as_secs_f64() * 1e3,
+            s.p99.as_secs_f64() * 1e3,
+            s.errors
+        )
+    };
+
+    // IncidentPost, with RSS and disk figures.
+    let server = start(256);
+    wait_ready(client, &server.base).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = rss_kib(server.child.id());
+    let s = run_step(client, &server.base, Kind::PagerDuty, 0, requests, 64).await;
+    let loaded = rss_kib(server.child.id());
+    row(
+        "incidentpost (verify, normalize, correlate, durable append)",
+        &s,
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await; // sled's background flush
+    let disk = dir_bytes(server.dir.path());
+    let stored = requests;
+    drop(server);
+
+    // Ceiling: a bare actix endpoint checking the same signature and parsing the same JSON.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bare = HttpServer::new(|| {
+        App::new().route(
+            "/webhooks/pagerduty",
+            web::post().to(|req: actix_web::HttpRequest, body: web::Bytes| async move {
+                let sig = req
+                    .headers()
+                    .get("X-PagerDuty-Signature")
+                    .and_then(|v| v.to_str().ok());
+                if incidentpost::sources::pagerduty::verify_signature(SECRET.as_bytes(), sig, &body)
+                    .is_err()
+                {
+                    return HttpResponse::Unauthorized().finish();
+                }
+                match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(_) => HttpResponse::Accepted().finish(),
+                    Err(_) => HttpResponse::BadRequest().finish(),
+                }
+            }),
+        )
+    })
+    .listen(listener)
+    .unwrap()
+    .disable_signals()
+    .run();
+    let handle = bare.handle();
+    tokio::spawn(bare);
+    let base = format!("http://127.0.0.1:{port}");
+    let s = run_step(client, &base, Kind::PagerDuty, 0, requests, 64).await;
+    row(
+        "ceiling: bare actix, same signature check + JSON parse, no storage",
+        &s,
+    );
+    handle.stop(false).await;
+
+    // The peer: Prometheus Alertmanager (Debian's package), equivalent alerts.
+    let am = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    match am {
+        Some(bin) => {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = dir.path().join("am.yml");
+            std::fs::write(&cfg, "route:\n  receiver: none\nreceivers:\n  - name: none\n").unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut child = Command::new(bin)
+                .arg(format!("--config.file={}", cfg.display()))
+                .arg(format!("--storage.path={}", dir.path().display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--cluster.listen-address=")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let base = format!("http://127.0.0.1:{port}");
+            for _ in 0..200 {
+                if client.get(format!("{base}/-/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let am_idle = rss_kib(child.id());
+            let s = run_step(client, &base, Kind::Alertmanager, 0, requests, 64).await;
+            let am_loaded = rss_kib(child.id());
+            row("peer: Prometheus Alertmanager /api/v2/alerts (in memory, nothing on disk)", &s);
+            println!("Alertmanager RSS: idle {} MiB, after load {} MiB", am_idle / 1024, am_loaded / 1024);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        None => println!("| peer: Prometheus Alertmanager | not installed (apt-get install prometheus-alertmanager) | | | |"),
+    }
+    println!();
+    println!(
+        "incidentpost RSS: idle {} MiB, after {requests} webhooks {} MiB",
+        idle / 1024,
+        loaded / 1024
+    );
+    println!(
+        "disk: {} bytes for {stored} events with their raw payloads and delivery ids = {} bytes per stored event",
+        disk,
+        disk / stored.max(1)
+    );
+    if !smoke {
+        startup_with_million_events().await;
+    }
+}
+
+/// Start-up time (spawn to /readyz) on a data directory holding 1,000,000 events,
+/// loaded with `incidentpost import`.
+async fn startup_with_million_events() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("million.ndjson");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        writeln!(w, r#"{{"type":"header","schema":1,"generator":"bench"}}"#).unwrap();
+        for i in 0..1000u64 {
+            let id = format!("PM{i}");
+            writeln!(w, r#"{{"type":"incident","id":"{id}","title":"Incident {i}","status":"resolved","opened_by":"pagerduty","triggered_at":"2026-01-10T14:23:00Z","resolved_at":"2026-01-10T14:52:00Z","event_count":1000,"next_seq":1000,"updated_at":"2026-01-10T14:52:00Z"}}"#).unwrap();
+            for seq in 0..1000u64 {
+                let ulid = ulid::Ulid::from_parts(
+                    1_768_055_000_000 + seq,
+                    u128::from(i) << 32 | u128::from(seq),
+                );
+                writeln!(w, r#"{{"type":"event","seq":{seq},"event":{{"id":"{ulid}","source":"datadog","kind":"alert.firing","occurred_at":"2026-01-10T14:23:00Z","received_at":"2026-01-10T14:23:00Z","title":"Alert: PostgreSQL connection pool at 98% capacity","incident_id":"{id}","correlation":"sole_open"}}}}"#).unwrap();
+            }
+        }
+    }
+    let data = dir.path().join("data");
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_incidentpost"))
+        .args(["import", file.to_str().unwrap()])
+        .env("INCIDENTPOST__STORAGE__PATH", &data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let import_secs = t.elapsed().as_secs_f64();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_incidentpost"))
+        .arg("serve")
+        .env("INCIDENTPOST__SERVER__PORT", port.to_string())
+        .env("INCIDENTPOST__STORAGE__PATH", &data)
+        .env("INCIDENTPOST__LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    loop {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "not ready within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ready = t.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "start-up with 1,000,000 stored events (1,000 incidents): ready in {:.0} ms (loading them with `incidentpost import` took {import_secs:.1} s; data dir {} MiB)",
+        ready.as_secs_f64() * 1e3,
+        dir_bytes(&data) / (1024 * 1024)
+    );
 }
