@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use base64::Engine;
 
 use crate::domain::Incident;
-use crate::postmortem::{render_pack, Templates};
+use crate::postmortem::{render_pack_with, Templates};
 use crate::store::{ExportRecord, Store, StoreError, SCHEMA_VERSION};
 
 /// Writes every record of `store` to `out`; returns how many lines were written.
@@ -73,7 +73,8 @@ pub fn import(
         let stored = store
             .incident(&incident.id)?
             .unwrap_or_else(|| incident.clone());
-        let pack = render_pack(templates, &stored, &events)?;
+        let prs = crate::postmortem::enrich::cached(store, &events);
+        let pack = render_pack_with(templates, &stored, &events, &prs)?;
         store.put_pack(&incident.id, &pack.zip)?;
     }
     store.flush()?;

@@ -54,6 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::JsonConfig::default().error_handler(|e, _| {
         ApiError::Payload(crate::sources::NormalizeError::Shape(e.to_string())).into()
     }))
+    .app_data(web::FormConfig::default().limit(1 << 20))
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))
     .route("/metrics", web::get().to(ops::metrics))
@@ -99,8 +100,12 @@ pub(crate) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiEr
     let Some(token) = &state.api_token else {
         return Ok(());
     };
-    // The pages' session cookie works too (e.g. the Download pack button).
-    if req.headers().get("Authorization").is_none() && crate::web::has_session(req, state) {
+    // The pages' session cookie works too, for downloads only (GET): a state-changing
+    // API call needs the bearer token, so a forged cross-site request cannot ride on it.
+    if req.method() == actix_web::http::Method::GET
+        && req.headers().get("Authorization").is_none()
+        && crate::web::has_session(req, state)
+    {
         return Ok(());
     }
     let presented = req

@@ -74,6 +74,8 @@ pub struct Peak {
 /// A change that may have caused the incident, with the reasons it ranks where it does.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Suspect {
+    /// When the change happened (ties in score go to the most recent).
+    pub at: DateTime<Utc>,
     pub title: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -338,6 +340,7 @@ fn suspects(
             }
         }
         out.push(Suspect {
+            at: e.occurred_at,
             title: e.title.clone(),
             url: e
                 .url
@@ -349,7 +352,7 @@ fn suspects(
         });
     }
     // Highest score first; ties: the most recent change first.
-    out.sort_by_key(|s| std::cmp::Reverse(s.score));
+    out.sort_by_key(|s| (std::cmp::Reverse(s.score), std::cmp::Reverse(s.at)));
     out
 }
 
@@ -596,7 +599,11 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts
     }
     action_items.sort_by_key(|a| rank(a.priority.as_deref().unwrap_or("MEDIUM")));
 
-    let multi_day = match (events.first(), events.last()) {
+    let on_timeline: Vec<&Event> = events
+        .iter()
+        .filter(|e| !e.kind.as_str().starts_with("annotation."))
+        .collect();
+    let multi_day = match (on_timeline.first(), on_timeline.last()) {
         (Some(a), Some(b)) => a.occurred_at.date_naive() != b.occurred_at.date_naive(),
         _ => false,
     };

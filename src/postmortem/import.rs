@@ -64,6 +64,10 @@ fn source_of(name: &str) -> Source {
 }
 
 fn parse_date_header(line: &str) -> Option<NaiveDate> {
+    parse_date_line(line).filter(|d| (1970..=2100).contains(&chrono::Datelike::year(d)))
+}
+
+fn parse_date_line(line: &str) -> Option<NaiveDate> {
     let l = line.trim().trim_start_matches('#').trim();
     let l = l
         .strip_prefix("Date:")
@@ -247,6 +251,14 @@ pub fn parse(
             }
         };
         let at = match when {
+            When::Absolute(t) if !(1970..=2100).contains(&chrono::Datelike::year(&t)) => {
+                skipped.push(Skipped {
+                    line: n,
+                    text: raw.to_owned(),
+                    reason: "the year is outside 1970..2100".into(),
+                });
+                continue;
+            }
             When::Absolute(t) => t,
             When::Clock(clock) => {
                 let base = day.unwrap_or_else(|| {
@@ -256,8 +268,12 @@ pub fn parse(
                 let mut t = Utc.from_utc_datetime(&base.and_time(clock));
                 // Going back in time on the same day means midnight was crossed.
                 if let Some(prev) = last {
-                    while t < prev - Duration::minutes(1) {
-                        t += Duration::days(1);
+                    if t < prev - Duration::minutes(1) {
+                        let days = (prev - t).num_days() + 1;
+                        t += Duration::days(days);
+                        if t < prev - Duration::minutes(1) {
+                            t += Duration::days(1);
+                        }
                     }
                 }
                 day = Some(t.date_naive());

@@ -67,17 +67,47 @@ pub fn fmt_num(v: f64) -> String {
 /// strict mode, so a template naming a variable that does not exist fails here, at
 /// start-up, not in front of a customer.
 pub struct Templates {
-    hb: Handlebars<'static>,
+    /// `postmortem.md`: values escaped for Markdown.
+    md: Handlebars<'static>,
+    /// The `.txt` files: values as they are.
+    txt: Handlebars<'static>,
+}
+
+/// Escapes a value for Markdown so that outside text (event titles come from the
+/// internet) stays text: no links, images, footnotes, HTML, code or new blocks.
+pub fn escape_markdown(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' | '[' | ']' | '<' | '`' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl Templates {
     /// The embedded templates, each replaced by `<dir>/<name>.hbs` when that file exists.
     pub fn load(override_dir: Option<&Path>) -> Result<Self, RenderError> {
-        let mut hb = Handlebars::new();
-        hb.set_strict_mode(true);
-        // Markdown and plain text, not HTML: escape only what could become markup.
-        hb.register_escape_fn(|s| s.replace('<', "\\<"));
+        let mut md = Handlebars::new();
+        md.set_strict_mode(true);
+        // Values are escaped for Markdown before they reach the context (see
+        // `escaped_for_markdown`), because the context also carries our own markup
+        // (citations, emphasis) that must stay markup.
+        md.register_escape_fn(handlebars::no_escape);
+        let mut txt = Handlebars::new();
+        txt.set_strict_mode(true);
+        txt.register_escape_fn(handlebars::no_escape);
         for (name, embedded) in TEMPLATES {
+            let hb = if name.ends_with(".md") {
+                &mut md
+            } else {
+                &mut txt
+            };
             let source = match override_dir.map(|d| d.join(format!("{name}.hbs"))) {
                 Some(p) if p.exists() => {
                     std::fs::read_to_string(&p).map_err(|e| RenderError::Template {
@@ -93,11 +123,11 @@ impl Templates {
                     message: e.to_string(),
                 })?;
         }
-        let templates = Templates { hb };
+        let templates = Templates { md, txt };
         let sample = sample_context();
         for (name, _) in TEMPLATES {
             templates
-                .hb
+                .registry(name)
                 .render(name, &sample)
                 .map_err(|e| RenderError::Template {
                     name: name.to_owned(),
@@ -107,8 +137,16 @@ impl Templates {
         Ok(templates)
     }
 
+    fn registry(&self, name: &str) -> &Handlebars<'static> {
+        if name.ends_with(".md") {
+            &self.md
+        } else {
+            &self.txt
+        }
+    }
+
     fn render(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
-        self.hb
+        self.registry(name)
             .render(name, ctx)
             .map_err(|e| RenderError::Template {
                 name: name.to_owned(),
@@ -581,6 +619,76 @@ fn context(facts: &Facts, events: &[Event]) -> Value {
     })
 }
 
+/// Only http(s) links, with the characters that would end a Markdown link escaped.
+fn safe_url(url: &Option<String>) -> Option<String> {
+    url.as_deref()
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        .map(|u| {
+            u.replace(' ', "%20")
+                .replace('(', "%28")
+                .replace(')', "%29")
+                .replace('<', "%3C")
+                .replace('>', "%3E")
+        })
+}
+
+/// The facts and events with every outside text escaped for Markdown and every link
+/// checked: what `postmortem.md` is rendered from.
+fn escaped_for_markdown(facts: &Facts, events: &[Event]) -> (Facts, Vec<Event>) {
+    let e = |s: &mut String| *s = escape_markdown(s);
+    let fe = |f: &mut Fact<String>| {
+        if let Some(v) = f.value.as_mut() {
+            *v = escape_markdown(v);
+        }
+    };
+    let mut f = facts.clone();
+    for fact in [
+        &mut f.title,
+        &mut f.severity,
+        &mut f.service,
+        &mut f.users_affected,
+        &mut f.root_cause,
+        &mut f.summary,
+        &mut f.customer_message,
+    ] {
+        fe(fact);
+    }
+    for s in &mut f.suspects {
+        e(&mut s.title);
+        s.reasons.iter_mut().for_each(e);
+        s.url = safe_url(&s.url);
+    }
+    for i in f
+        .mitigations
+        .iter_mut()
+        .chain(f.action_items.iter_mut())
+        .chain(f.responders.iter_mut())
+    {
+        e(&mut i.text);
+    }
+    for p in &mut f.peaks {
+        e(&mut p.label);
+        e(&mut p.unit);
+    }
+    for t in &mut f.timeline {
+        e(&mut t.title);
+        t.url = safe_url(&t.url);
+    }
+    let events = events
+        .iter()
+        .map(|ev| {
+            let mut ev = ev.clone();
+            ev.title = escape_markdown(&ev.title);
+            ev.url = safe_url(&ev.url);
+            if let Some(a) = ev.actor.as_mut() {
+                *a = escape_markdown(a);
+            }
+            ev
+        })
+        .collect();
+    (f, events)
+}
+
 /// A context with every variable present, used to check templates at load.
 fn sample_context() -> Value {
     use crate::domain::{EventKind, IncidentId, IncidentStatus, Severity, Source};
@@ -672,10 +780,12 @@ pub fn render_pack_with(
     events.sort_by_key(|e| e.occurred_at);
     let facts = facts::facts_with(incident, &events, prs);
     let ctx = context(&facts, &events);
+    let (md_facts, md_events) = escaped_for_markdown(&facts, &events);
+    let md_ctx = context(&md_facts, &md_events);
     let mut files: Vec<(String, Vec<u8>)> = vec![
         (
             "postmortem.md".into(),
-            templates.render("postmortem.md", &ctx)?.into_bytes(),
+            templates.render("postmortem.md", &md_ctx)?.into_bytes(),
         ),
         (
             "timeline.svg".into(),

@@ -59,7 +59,8 @@ fn tick_step(span: Duration) -> Duration {
         .iter()
         .copied()
         .find(|c| mins / c <= 10)
-        .unwrap_or(10080);
+        // Longer than ten weeks: whole days, still about ten ticks.
+        .unwrap_or_else(|| (mins / 10 / 1440 + 1) * 1440);
     Duration::minutes(m)
 }
 
@@ -94,7 +95,10 @@ pub fn render(facts: &Facts, events: &[Event]) -> String {
         .collect();
     let (start, end) = match (events.first(), events.last()) {
         (Some(a), Some(b)) => (a.occurred_at, b.occurred_at),
-        _ => (Utc::now(), Utc::now()),
+        _ => {
+            let t = facts.triggered.value.unwrap_or_default();
+            (t, t)
+        }
     };
     // Changes from days before would squash the incident; they are drawn at the left edge.
     let focus_start = facts

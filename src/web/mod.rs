@@ -615,6 +615,7 @@ async fn login(
         .path("/")
         .http_only(true)
         .same_site(actix_web::cookie::SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::days(30))
         .finish();
     HttpResponse::SeeOther()
         .cookie(cookie)

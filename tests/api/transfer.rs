@@ -38,6 +38,15 @@ async fn export_then_import_round_trips_incidents_and_packs_byte_identically() {
     .await;
     let mut before = Vec::new();
     for id in [seed_id.as_str(), "PEXP"] {
+        // The late Slack event re-renders in the background; render now so the stored
+        // pack is the current one.
+        let res = app
+            .client
+            .post(format!("{}/incidents/{id}/render", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
         let zip = app
             .get(&format!("/incidents/{id}/pack.zip"))
             .await

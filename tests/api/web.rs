@@ -114,3 +114,60 @@ async fn with_a_token_pages_need_a_login_and_forms_need_their_csrf_token() {
         .unwrap();
     assert!(!events.contains("forged"));
 }
+
+#[tokio::test]
+async fn markdown_in_event_titles_cannot_become_links_in_the_postmortem() {
+    let app = spawn_app().await;
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&pd_v3("incident.triggered", "PMD", "E1", &at_offset(-5))).unwrap();
+    body["event"]["data"]["title"] =
+        "[Log in](javascript:alert(1)) ![x](https://evil.example/p.png)\n# Owned".into();
+    app.post_pagerduty(&serde_json::to_vec(&body).unwrap())
+        .await;
+    let md = app
+        .get("/incidents/PMD/postmortem.md")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(md.contains("\\[Log in\\](javascript:alert(1))"), "{md}");
+    assert!(
+        !md.contains("\n# Owned"),
+        "a title cannot start a new Markdown block"
+    );
+    let html = incidentpost::web::markdown_to_html(&md);
+    assert!(!html.contains("href=\"javascript"), "{html}");
+    assert!(!html.contains("<img"), "{html}");
+    let page = app.get("/ui/incidents/PMD").await.text().await.unwrap();
+    assert!(!page.contains("href=\"javascript"));
+}
+
+#[tokio::test]
+async fn the_session_cookie_does_not_authorize_state_changing_api_calls() {
+    let app = spawn_app_with("[api]\ntoken = 'ui-token'", None).await;
+    app.post_pagerduty(&pd_v3("incident.triggered", "PC", "E1", &at_offset(-5)))
+        .await;
+    let session = format!(
+        "{}={}",
+        incidentpost::web::SESSION_COOKIE,
+        incidentpost::web::session_value("ui-token")
+    );
+    let patch = app
+        .client
+        .patch(format!("{}/incidents/PC", app.address))
+        .header("Cookie", &session)
+        .json(&serde_json::json!({"root_cause": "forged"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 401);
+    let import = app
+        .client
+        .post(format!("{}/incidents/import", app.address))
+        .header("Cookie", &session)
+        .body("09:00 UTC [Slack] x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(import.status(), 401);
+}
