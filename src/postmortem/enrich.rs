@@ -28,6 +28,9 @@ pub struct PrDetails {
     pub additions: Option<u64>,
     #[serde(default)]
     pub deletions: Option<u64>,
+    /// The PR's own count of changed files (`files` holds the first page of names).
+    #[serde(default)]
+    pub changed_files: Option<u64>,
 }
 
 /// Pull request details by `owner/repo#number`.
@@ -127,6 +130,7 @@ impl GithubEnricher {
             files: files.items.into_iter().map(|f| f.filename).collect(),
             additions: pr.additions,
             deletions: pr.deletions,
+            changed_files: pr.changed_files,
         })
     }
 }

@@ -321,12 +321,17 @@ fn suspects(
         let details = pr_key(e).and_then(|k| prs.get(&k));
         if let Some(d) = details {
             if !d.files.is_empty() {
+                let total = d
+                    .changed_files
+                    .map(|n| n as usize)
+                    .unwrap_or(d.files.len())
+                    .max(d.files.len());
                 let shown: Vec<&str> = d.files.iter().take(3).map(String::as_str).collect();
-                let more = d.files.len().saturating_sub(3);
+                let more = total.saturating_sub(shown.len());
                 reasons.push(format!(
                     "changed {} file{}: {}{}",
-                    d.files.len(),
-                    if d.files.len() == 1 { "" } else { "s" },
+                    total,
+                    if total == 1 { "" } else { "s" },
                     shown.join(", "),
                     if more > 0 {
                         format!(" and {more} more")

@@ -538,7 +538,7 @@ async fn suspect_pull_requests_are_enriched_from_the_github_api() {
     let root = section(&md, "Root Cause").join("\n");
     assert!(root.contains("*Suspected*"), "{root}");
     assert!(
-        root.contains("changed 1 file: file1.txt") && root.contains("by @octocat"),
+        root.contains("changed 5 files: file1.txt and 4 more") && root.contains("by @octocat"),
         "{root}"
     );
     // Cached: a second render makes no new API call (`expect(1)` above).
