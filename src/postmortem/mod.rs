@@ -462,6 +462,15 @@ fn context(facts: &Facts, events: &[Event]) -> Value {
         .collect();
 
     // HN post and thread: the same facts, no citations.
+    let what_fixed = format!(
+        "What fixed it: {}.",
+        facts
+            .mitigations
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     let rc_plain = facts.root_cause.value.clone().map(|rc| {
         if facts.root_cause_suspected {
             format!("suspected: {rc}")
@@ -501,15 +510,7 @@ fn context(facts: &Facts, events: &[Event]) -> Value {
         rc_plain.clone().unwrap_or_else(|| "still unknown.".into())
     ));
     if !facts.mitigations.is_empty() {
-        hn.push(format!(
-            "What fixed it: {}.",
-            facts
-                .mitigations
-                .iter()
-                .map(|m| m.text.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
+        hn.push(what_fixed.clone());
     }
     if !facts.action_items.is_empty() {
         let lessons: Vec<String> = facts
@@ -561,15 +562,7 @@ fn context(facts: &Facts, events: &[Event]) -> Value {
         rc_plain.unwrap_or_else(|| "still unknown; we will update this thread.".into())
     ));
     if !facts.mitigations.is_empty() {
-        tweets.push(format!(
-            "What fixed it: {}.",
-            facts
-                .mitigations
-                .iter()
-                .map(|m| m.text.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
+        tweets.push(what_fixed);
     }
     if !facts.action_items.is_empty() {
         tweets.push(format!(
