@@ -165,6 +165,19 @@ struct Step {
     errors: u64,
 }
 
+impl Step {
+    /// The table cells `req/s | p50 ms | p99 ms | errors`.
+    fn cells(&self) -> String {
+        format!(
+            "{:.0} | {:.2} | {:.2} | {}",
+            self.rps,
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3,
+            self.errors
+        )
+    }
+}
+
 async fn run_step(
     client: &reqwest::Client,
     base: &str,
@@ -271,13 +284,7 @@ fn main() {
             for c in [1u64, 8, 32, 64] {
                 let s = run_step(&client, &server.base, Kind::PagerDuty, n, requests, c).await;
                 n += requests;
-                println!(
-                    "| {label} | {c} | {:.0} | {:.2} | {:.2} | {} |",
-                    s.rps,
-                    s.p50.as_secs_f64() * 1e3,
-                    s.p99.as_secs_f64() * 1e3,
-                    s.errors
-                );
+                println!("| {label} | {c} | {} |", s.cells());
             }
         }
         println!();
@@ -295,13 +302,7 @@ fn main() {
             ("slack", Kind::Slack),
         ] {
             let s = run_step(&client, &server.base, kind, 1_000_000, requests, 32).await;
-            println!(
-                "| {label} | {:.0} | {:.2} | {:.2} | {} |",
-                s.rps,
-                s.p50.as_secs_f64() * 1e3,
-                s.p99.as_secs_f64() * 1e3,
-                s.errors
-            );
+            println!("| {label} | {} |", s.cells());
         }
         drop(server);
         references(&client, requests, smoke).await;
@@ -341,15 +342,7 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
     println!("reference points, concurrency 64, {requests} requests each");
     println!("| server | req/s | p50 ms | p99 ms | errors |");
     println!("|---|---|---|---|---|");
-    let row = |label: &str, s: &Step| {
-        println!(
-            "| {label} | {:.0} | {:.2} | {:.2} | {} |",
-            s.rps,
-            s.p50.as_secs_f64() * 1e3,
-            s.p99.as_secs_f64() * 1e3,
-            s.errors
-        )
-    };
+    let row = |label: &str, s: &Step| println!("| {label} | {} |", s.cells());
 
     // IncidentPost, with RSS and disk figures.
     let server = start(256);

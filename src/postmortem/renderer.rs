@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::enrich::{self, GithubEnricher};
 use super::{render_pack_with, Pack, RenderError, Templates};
-use crate::domain::IncidentId;
+use crate::domain::{Event, Incident, IncidentId};
 use crate::ingest::{Change, LifecycleChange};
 use crate::store::{Store, StoreError};
 
@@ -62,13 +62,8 @@ impl Renderer {
     /// Renders the pack now; a resolved incident's pack is also stored.
     pub fn render(&self, id: &IncidentId) -> Result<Pack, RenderFailure> {
         let started = Instant::now();
-        let incident = self
-            .store
-            .incident(id)?
-            .ok_or_else(|| RenderFailure::NotFound(id.to_string()))?;
-        let events = self.store.incident_events(id)?;
-        let prs = enrich::cached(self.store.as_ref(), &events);
-        let result = render_pack_with(&self.templates, &incident, &events, &prs);
+        let (incident, events) = self.load(id)?;
+        let result = self.preview_of(&incident, &events);
         let label = if result.is_ok() { "ok" } else { "failed" };
         metrics::counter!("incidentpost_pack_renders_total", "result" => label).increment(1);
         metrics::histogram!("incidentpost_pack_render_duration_seconds").record(started.elapsed());
@@ -82,13 +77,23 @@ impl Renderer {
 
     /// A fresh render, not stored (the pages show it).
     pub fn preview(&self, id: &IncidentId) -> Result<Pack, RenderFailure> {
+        let (incident, events) = self.load(id)?;
+        self.preview_of(&incident, &events)
+    }
+
+    /// A fresh render of an incident and events the caller already read.
+    pub fn preview_of(&self, incident: &Incident, events: &[Event]) -> Result<Pack, RenderFailure> {
+        let prs = enrich::cached(self.store.as_ref(), events);
+        Ok(render_pack_with(&self.templates, incident, events, &prs)?)
+    }
+
+    fn load(&self, id: &IncidentId) -> Result<(Incident, Vec<Event>), RenderFailure> {
         let incident = self
             .store
             .incident(id)?
             .ok_or_else(|| RenderFailure::NotFound(id.to_string()))?;
         let events = self.store.incident_events(id)?;
-        let prs = enrich::cached(self.store.as_ref(), &events);
-        Ok(render_pack_with(&self.templates, &incident, &events, &prs)?)
+        Ok((incident, events))
     }
 
     /// The stored pack of a resolved incident, else a fresh render (a draft when open).

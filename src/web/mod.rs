@@ -348,9 +348,10 @@ async fn incident(
     })
     .await?;
     let incident = incident.ok_or_else(|| ApiError::IncidentNotFound(id.to_string()))?;
+    // One read of the store serves both the page and its render.
     let renderer = state.renderer.clone();
-    let key = id.clone();
-    let pack = blocking(move || renderer.preview(&key)).await?;
+    let (for_pack, events_for_pack) = (incident.clone(), events.clone());
+    let pack = blocking(move || renderer.preview_of(&for_pack, &events_for_pack)).await?;
     events.sort_by_key(|e| e.occurred_at);
     let file =
         |name: &str| String::from_utf8_lossy(pack.file(name).unwrap_or_default()).into_owned();
