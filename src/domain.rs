@@ -334,6 +334,28 @@ pub enum CorrelationRule {
     Grace,
 }
 
+/// A link from outside (a payload's `url`), kept only when it is an absolute http(s) URL
+/// without whitespace or control characters: anything else could end a Markdown link in
+/// the pack or run script in a page. A refused URL stays in the raw payload.
+pub fn clean_url(url: &str) -> Option<String> {
+    const MAX_URL_CHARS: usize = 2048;
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("http://") {
+        &url[7..]
+    } else {
+        return None;
+    };
+    let host_ok = rest
+        .split(['/', '?', '#'])
+        .next()
+        .is_some_and(|h| !h.is_empty() && !h.starts_with('@'));
+    let clean =
+        url.len() <= MAX_URL_CHARS && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    (host_ok && clean).then(|| url.to_owned())
+}
+
 /// One normalized event, whatever its source. See the event model in the README.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -484,6 +506,25 @@ impl Incident {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_clean_absolute_http_urls_are_kept() {
+        for ok in ["https://x.test/a?b#c", "http://x.test", "HTTPS://X.test/p"] {
+            assert_eq!(clean_url(ok).as_deref(), Some(ok), "{ok}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "https://x.test/a\n# Heading",
+            "https://x.test/a b",
+            "https:///path",
+            "/relative",
+            "ftp://x.test",
+            "https://x.test/\u{7f}",
+            "",
+        ] {
+            assert_eq!(clean_url(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn incident_ids_accept_pagerduty_ids_and_reject_path_tricks() {

@@ -144,7 +144,12 @@ impl Ingest {
     }
 
     /// Stores a submission; returns once it is flushed (or known to be a duplicate).
-    pub async fn submit(&self, submission: Submission) -> Result<Receipt, IngestError> {
+    pub async fn submit(&self, mut submission: Submission) -> Result<Receipt, IngestError> {
+        // Every way in (webhooks, pollers, import, edits) passes here: links from outside
+        // are kept only when they are clean absolute http(s) URLs.
+        for event in &mut submission.events {
+            event.url = event.url.as_deref().and_then(crate::domain::clean_url);
+        }
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Pending { submission, reply })

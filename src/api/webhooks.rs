@@ -62,7 +62,16 @@ async fn handle(
     let now = Utc::now();
     handler.prefetch(&headers, &body).await?;
     handler.verify(&headers, &body, now)?;
-    let normalized = handler.normalize(&headers, &body, now)?;
+    let mut normalized = handler.normalize(&headers, &body, now)?;
+    if handler.signs_body() {
+        // Replay protection: the same signed body under a fresh delivery header is the
+        // same delivery (the header is not covered by the signature).
+        normalized.delivery_keys.push(format!(
+            "{}:body:{}",
+            source.as_str(),
+            crate::sources::signature::sha256_hex(&body)
+        ));
+    }
     crate::sources::check_times(&normalized, now)?;
     if let Some(reply) = normalized.reply {
         return Ok(HttpResponse::Ok().json(reply));

@@ -614,15 +614,13 @@ fn context(facts: &Facts, events: &[Event]) -> Value {
 
 /// Only http(s) links, with the characters that would end a Markdown link escaped.
 fn safe_url(url: &Option<String>) -> Option<String> {
-    url.as_deref()
-        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-        .map(|u| {
-            u.replace(' ', "%20")
-                .replace('(', "%28")
-                .replace(')', "%29")
-                .replace('<', "%3C")
-                .replace('>', "%3E")
-        })
+    url.as_deref().and_then(crate::domain::clean_url).map(|u| {
+        u.replace(' ', "%20")
+            .replace('(', "%28")
+            .replace(')', "%29")
+            .replace('<', "%3C")
+            .replace('>', "%3E")
+    })
 }
 
 /// The facts and events with every outside text escaped for Markdown and every link

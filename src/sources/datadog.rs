@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use ulid::Ulid;
 
@@ -37,52 +36,70 @@ impl Datadog {
     }
 }
 
-/// Every field is optional: the template is the user's to define.
-#[derive(Deserialize, Default)]
+/// The fields read from a payload. Every field is optional and read by name from the
+/// JSON object, so a user's template is never refused for its shape: the first non-empty
+/// field of each alias group wins, any scalar type is taken as text, anything else (and
+/// every unknown field) stays in the raw payload only.
+#[derive(Default)]
 struct Payload {
-    #[serde(default)]
-    id: Option<Value>,
-    #[serde(default)]
+    id: Option<String>,
     title: Option<String>,
-    #[serde(default)]
     body: Option<String>,
-    #[serde(default)]
-    date: Option<Value>,
-    #[serde(default)]
-    last_updated: Option<Value>,
-    #[serde(default)]
+    date: Option<String>,
     event_type: Option<String>,
-    #[serde(default)]
     alert_transition: Option<String>,
-    #[serde(default)]
     alert_type: Option<String>,
-    #[serde(default)]
     alert_query: Option<String>,
-    #[serde(default)]
     alert_metric: Option<String>,
-    #[serde(default, alias = "alert_id")]
-    monitor_id: Option<Value>,
-    #[serde(default)]
-    alert_cycle_key: Option<Value>,
-    #[serde(default)]
+    monitor_id: Option<String>,
+    alert_cycle_key: Option<String>,
     aggreg_key: Option<String>,
-    #[serde(default)]
     scopes: Option<String>,
-    #[serde(default)]
     tags: Option<Value>,
-    #[serde(default, alias = "priority")]
     severity: Option<String>,
-    #[serde(default, alias = "link")]
     url: Option<String>,
-    #[serde(default)]
     incident_id: Option<String>,
 }
 
-/// A JSON value that may be a string or a number, as text; unexpanded variables are None.
-fn text(v: &Option<Value>) -> Option<String> {
-    let s = match v.as_ref()? {
+/// Alias groups, in the order they are tried. `config/datadog-payload-template.json`
+/// uses `alert_id`, Keep's template `monitor_id`; both may appear in one payload.
+const MONITOR: &[&str] = &["monitor_id", "alert_id"];
+const SEVERITY: &[&str] = &["severity", "priority"];
+const URL: &[&str] = &["url", "link"];
+const DATE: &[&str] = &["date", "last_updated"];
+
+impl Payload {
+    fn from_object(o: &Map<String, Value>) -> Self {
+        let f = |names: &[&str]| names.iter().find_map(|n| o.get(*n).and_then(scalar_text));
+        Payload {
+            id: f(&["id"]),
+            title: f(&["title"]),
+            body: f(&["body"]),
+            date: f(DATE),
+            event_type: f(&["event_type"]),
+            alert_transition: f(&["alert_transition"]),
+            alert_type: f(&["alert_type"]),
+            alert_query: f(&["alert_query"]),
+            alert_metric: f(&["alert_metric"]),
+            monitor_id: f(MONITOR),
+            alert_cycle_key: f(&["alert_cycle_key"]),
+            aggreg_key: f(&["aggreg_key"]),
+            scopes: f(&["scopes"]),
+            tags: o.get("tags").cloned(),
+            severity: f(SEVERITY),
+            url: f(URL),
+            incident_id: f(&["incident_id"]),
+        }
+    }
+}
+
+/// A JSON scalar as text; null, arrays, objects and unexpanded variables (`$ALERT_ID`)
+/// count as absent.
+fn scalar_text(v: &Value) -> Option<String> {
+    let s = match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
         _ => return None,
     };
     (!is_unset(&s)).then_some(s)
@@ -90,6 +107,10 @@ fn text(v: &Option<Value>) -> Option<String> {
 
 fn set(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !is_unset(s))
+}
+
+fn text(v: &Option<String>) -> Option<String> {
+    set(v).map(str::to_owned)
 }
 
 /// Splits `[P2] [Triggered on {service:api}] Error monitor` into (`Triggered`,
@@ -152,10 +173,17 @@ impl WebhookSource for Datadog {
         body: &[u8],
         received_at: DateTime<Utc>,
     ) -> Result<Normalized, NormalizeError> {
-        let p: Payload = parse_json(body)?;
-        let raw_title = set(&p.title).ok_or_else(|| {
-            NormalizeError::Shape("title is missing (is the payload template set?)".into())
-        })?;
+        let value: Value = parse_json(body)?;
+        let Value::Object(object) = &value else {
+            return Err(NormalizeError::Shape(
+                "payload is not a JSON object (see the README's Datadog payload template)".into(),
+            ));
+        };
+        let p = Payload::from_object(object);
+        // No title in the user's template: still an alert, named by what there is.
+        let raw_title = set(&p.title)
+            .or(set(&p.event_type))
+            .unwrap_or("Datadog notification");
         let (title_transition, core) = split_title(raw_title);
         let transition = set(&p.alert_transition)
             .map(str::to_owned)
@@ -171,7 +199,6 @@ impl WebhookSource for Datadog {
             })
             .unwrap_or(EventKind::AlertFiring);
         let occurred_at = text(&p.date)
-            .or_else(|| text(&p.last_updated))
             .and_then(|s| time::parse_epoch_millis(&s).or_else(|| time::parse_rfc3339(&s)))
             .unwrap_or(received_at);
 

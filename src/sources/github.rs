@@ -135,6 +135,10 @@ impl WebhookSource for Github {
         Source::Github
     }
 
+    fn signs_body(&self) -> bool {
+        true
+    }
+
     fn verify(
         &self,
         headers: &Headers,

@@ -97,6 +97,12 @@ pub trait WebhookSource: Send + Sync + 'static {
     /// Which source this is.
     fn source(&self) -> Source;
 
+    /// True when the provider signs the whole body with an HMAC: then a body stored
+    /// once is a replay whatever its (unsigned) delivery header says.
+    fn signs_body(&self) -> bool {
+        false
+    }
+
     /// Fetches what verification needs (SNS signing certificates), before `verify`.
     fn prefetch<'a>(
         &'a self,

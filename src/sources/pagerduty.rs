@@ -66,6 +66,10 @@ impl WebhookSource for PagerDuty {
         Source::Pagerduty
     }
 
+    fn signs_body(&self) -> bool {
+        true
+    }
+
     fn verify(
         &self,
         headers: &Headers,
@@ -88,12 +92,48 @@ impl WebhookSource for PagerDuty {
         body: &[u8],
         received_at: DateTime<Utc>,
     ) -> Result<Normalized, NormalizeError> {
-        let envelope: Envelope = parse_json(body)?;
+        let value: Value = parse_json(body)?;
+        let envelope: Envelope = serde_json::from_value(value.clone())
+            .map_err(|e| NormalizeError::Shape(explain_shape(&value, &e)))?;
         match envelope {
             Envelope::V3 { event } => normalize_v3(event, headers.get("X-Webhook-Id"), received_at),
             Envelope::V2 { messages } => normalize_v2(messages, received_at),
         }
     }
+}
+
+const V3_HINT: &str = "IncidentPost takes PagerDuty Generic Webhooks (V3): add one under \
+     Integrations → Generic Webhooks (v3) and see the README section 'PagerDuty (opens, \
+     acknowledges and resolves incidents)'";
+
+/// A message an operator can act on when a body is not a V3 (or V2) webhook: serde's
+/// "did not match any variant of untagged enum" says nothing.
+fn explain_shape(value: &Value, err: &serde_json::Error) -> String {
+    let first_message = value
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.first());
+    if first_message.is_some_and(|m| m.get("type").is_some() && m.get("data").is_some()) {
+        return format!("this is a legacy PagerDuty V1 webhook, which is not supported. {V3_HINT}");
+    }
+    if let Some(m) = first_message {
+        return format!("a PagerDuty V2 webhook message is incomplete (it needs id, event and incident): {V2_DETAIL}. {V3_HINT}", V2_DETAIL = v2_detail(m));
+    }
+    match value.get("event") {
+        Some(event) => format!(
+            "the PagerDuty V3 event is incomplete (it needs id, event_type, occurred_at and data): {}",
+            serde_json::from_value::<V3Event>(event.clone())
+                .err()
+                .map_or_else(|| err.to_string(), |e| e.to_string())
+        ),
+        None => format!("not a PagerDuty webhook: no 'event' object (V3) or 'messages' list (V2). {V3_HINT}"),
+    }
+}
+
+fn v2_detail(message: &Value) -> String {
+    serde_json::from_value::<V2Message>(message.clone())
+        .err()
+        .map_or_else(String::new, |e| e.to_string())
 }
 
 #[derive(Deserialize)]

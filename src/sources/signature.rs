@@ -20,6 +20,12 @@ pub fn hmac_sha256_hex(secret: &[u8], parts: &[&[u8]]) -> String {
     hex::encode(hmac_sha256(secret, parts))
 }
 
+/// Lower-case hex SHA-256 of a body (the signed-body replay key).
+pub fn sha256_hex(body: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(Sha256::digest(body))
+}
+
 /// True when `hex_signature` is the HMAC-SHA256 of `parts` under `secret`, compared in
 /// constant time. Invalid hex is simply a mismatch.
 pub fn verify_hex(secret: &[u8], parts: &[&[u8]], hex_signature: &str) -> bool {

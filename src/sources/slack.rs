@@ -67,7 +67,7 @@ pub fn verify_signature(
     if !signature::verify_hex(secret, &[b"v0:", ts.as_bytes(), b":", body], hex) {
         return Err(VerifyError::Mismatch);
     }
-    if (now.timestamp() - secs).abs() > max_skew_secs {
+    if now.timestamp().abs_diff(secs) > max_skew_secs.unsigned_abs() {
         return Err(VerifyError::Stale);
     }
     Ok(())
@@ -82,7 +82,7 @@ struct Envelope {
     #[serde(default)]
     event_id: Option<String>,
     #[serde(default)]
-    event_time: Option<i64>,
+    event_time: Option<Value>,
     #[serde(default)]
     team_id: Option<String>,
     #[serde(default)]
@@ -126,6 +126,10 @@ pub fn plain_text(text: &str) -> String {
 impl WebhookSource for Slack {
     fn source(&self) -> Source {
         Source::Slack
+    }
+
+    fn signs_body(&self) -> bool {
+        true
     }
 
     fn verify(
@@ -172,14 +176,23 @@ impl WebhookSource for Slack {
                 })
             }
         }
-        let event_id = env
+        // Without `event_id` the delivery is still taken: channel + ts (below) and the
+        // signed body's hash (added by the webhook handler) identify its retries.
+        let mut delivery_keys: Vec<String> = env
             .event_id
-            .filter(|id| !id.trim().is_empty())
-            .ok_or_else(|| NormalizeError::Shape("event_id is missing".into()))?;
-        let ev = env
-            .event
-            .ok_or_else(|| NormalizeError::Shape("event is missing".into()))?;
-        let mut delivery_keys = vec![format!("slack:{event_id}")];
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(|id| format!("slack:{id}"))
+            .into_iter()
+            .collect();
+        let Some(ev) = env.event.filter(Value::is_object) else {
+            return Ok(Normalized {
+                delivery_keys,
+                ignored: Some("event_callback without an event object".into()),
+                ..Default::default()
+            });
+        };
         if let Some(retry) = headers.get("X-Slack-Retry-Num") {
             tracing::debug!(
                 retry,
@@ -246,8 +259,11 @@ impl WebhookSource for Slack {
         }
         let occurred_at = time::parse_epoch_seconds(event_ts)
             .or_else(|| {
-                env.event_time
-                    .and_then(|t| time::parse_epoch_seconds(&t.to_string()))
+                env.event_time.as_ref().and_then(|t| match t {
+                    Value::Number(n) => time::parse_epoch_seconds(&n.to_string()),
+                    Value::String(s) => time::parse_epoch_seconds(s),
+                    _ => None,
+                })
             })
             .unwrap_or(received_at);
         let who = actor.clone().unwrap_or_else(|| "someone".into());
@@ -298,7 +314,12 @@ impl WebhookSource for Slack {
             }),
             keys,
             attrs,
-            delivery: Some(event_id),
+            delivery: Some(
+                env.event_id
+                    .clone()
+                    .filter(|id| !id.trim().is_empty())
+                    .unwrap_or_else(|| format!("{channel}:{event_ts}")),
+            ),
             raw_id: None,
             incident_id: None,
             correlation: None,

@@ -165,7 +165,11 @@ fn urlencode(s: &str) -> String {
 
 /// Only local paths are followed after login (no open redirect).
 fn safe_next(next: &str) -> &str {
-    if next.starts_with("/ui") && !next.starts_with("//") {
+    // A path of this site's pages only: no scheme-relative `//`, no backslashes (browsers
+    // read `/\` as `//`), no whitespace or control characters (CR/LF would split the
+    // Location header).
+    let plain = next.chars().all(|c| c.is_ascii_graphic() && c != '\\');
+    if plain && (next == "/ui" || next.starts_with("/ui/") || next.starts_with("/ui?")) {
         next
     } else {
         "/ui"
@@ -274,15 +278,43 @@ async fn list(
 
 /// Markdown → HTML with raw HTML shown as text: event titles come from the internet.
 pub fn markdown_to_html(md: &str) -> String {
-    use pulldown_cmark::{html, Event as MdEvent, Options, Parser};
-    let parser =
-        Parser::new_ext(md, Options::ENABLE_TABLES | Options::ENABLE_FOOTNOTES).map(|e| match e {
-            MdEvent::Html(h) | MdEvent::InlineHtml(h) => MdEvent::Text(h),
-            other => other,
+    use pulldown_cmark::{html, Event as MdEvent, Options, Parser, Tag, TagEnd};
+    // Links and images keep only http(s), mailto and in-page (#) targets; any other link
+    // (javascript:, data:, relative paths) is dropped and its text kept.
+    let mut dropped: Vec<bool> = Vec::new();
+    let parser = Parser::new_ext(md, Options::ENABLE_TABLES | Options::ENABLE_FOOTNOTES)
+        .filter_map(|e| match e {
+            MdEvent::Html(h) | MdEvent::InlineHtml(h) => Some(MdEvent::Text(h)),
+            MdEvent::Start(Tag::Link { ref dest_url, .. })
+            | MdEvent::Start(Tag::Image { ref dest_url, .. }) => {
+                let keep = safe_link(dest_url);
+                dropped.push(!keep);
+                keep.then_some(e)
+            }
+            MdEvent::End(TagEnd::Link) | MdEvent::End(TagEnd::Image) => {
+                if dropped.pop().unwrap_or(false) {
+                    None
+                } else {
+                    Some(e)
+                }
+            }
+            other => Some(other),
         });
     let mut out = String::new();
     html::push_html(&mut out, parser);
     out
+}
+
+/// A link target the pages may render: absolute http(s), mailto, or an in-page anchor.
+fn safe_link(url: &str) -> bool {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let lower = url.to_ascii_lowercase();
+    lower.starts_with("https://")
+        || lower.starts_with("http://")
+        || lower.starts_with("mailto:")
+        || url.starts_with('#')
 }
 
 fn fact_evidence(
@@ -460,7 +492,7 @@ fn event_row(e: &Event) -> Value {
         "source": e.source.display_name(),
         "title": e.title,
         "actor": e.actor.clone().unwrap_or_default(),
-        "url": e.url.clone().filter(|u| u.starts_with("https://") || u.starts_with("http://")),
+        "url": e.url.as_deref().and_then(crate::domain::clean_url),
         "rule": e.correlation.map(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()).unwrap_or_default(),
         "kind_class": if e.kind.as_str().starts_with("annotation.") { "annotation" } else { "" },
     })
@@ -724,6 +756,45 @@ async fn import(
             ctx.insert("next".into(), Value::from(next.clone()));
             ctx.insert("refresh".into(), Value::from(format!("8; url={next}")));
             Ok(state.pages.page("import", &Value::Object(ctx)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_markdown_keeps_only_http_mailto_and_anchor_links() {
+        let html = markdown_to_html(
+            "[a](https://x.test) [b](javascript:alert(1)) [c](mailto:x@x.test) [d](#ev-1) \
+             ![e](data:image/png;base64,AAAA) [f](JAVASCRIPT:x)",
+        );
+        assert!(html.contains(r#"href="https://x.test""#), "{html}");
+        assert!(html.contains(r#"href="mailto:x@x.test""#), "{html}");
+        assert!(html.contains(r##"href="#ev-1""##), "{html}");
+        assert!(!html.to_ascii_lowercase().contains("javascript"), "{html}");
+        assert!(!html.contains("data:"), "{html}");
+        assert!(
+            html.contains('b') && html.contains('f'),
+            "text of dropped links kept"
+        );
+    }
+
+    #[test]
+    fn next_values_outside_the_pages_fall_back_to_the_list() {
+        for bad in [
+            "//evil.test",
+            "/\\evil.test",
+            "https://evil.test",
+            "/ui\r\nSet-Cookie: x",
+            "/uix",
+            "/ui/ a",
+        ] {
+            assert_eq!(safe_next(bad), "/ui", "{bad:?}");
+        }
+        for good in ["/ui", "/ui/incidents/P1", "/ui?status=open"] {
+            assert_eq!(safe_next(good), good);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Nothing acknowledged is lost: restarts, SIGKILL right after a 2xx, store failures.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -40,53 +40,6 @@ async fn a_restart_on_the_same_data_dir_keeps_incidents_and_events() {
         .await;
     assert_eq!(res.status(), 200);
     assert_eq!(app.events("PT4KHLK").await.len(), 2);
-}
-
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_binary(dir: &std::path::Path) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_incidentpost"))
-        .arg("serve")
-        .env("INCIDENTPOST__SERVER__PORT", port.to_string())
-        .env("INCIDENTPOST__STORAGE__PATH", dir)
-        .env("INCIDENTPOST__SOURCES__PAGERDUTY__SECRET", PD_SECRET)
-        .env("INCIDENTPOST__LOG__FORMAT", "json")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the incidentpost binary starts");
-    Server {
-        child,
-        address: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn wait_ready(client: &reqwest::Client, server: &Server) {
-    for _ in 0..200 {
-        if let Ok(res) = client
-            .get(format!("{}/readyz", server.address))
-            .send()
-            .await
-        {
-            if res.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server at {} did not become ready", server.address);
 }
 
 async fn post(client: &reqwest::Client, server: &Server, body: Vec<u8>) -> reqwest::Response {

@@ -1,8 +1,10 @@
 //! `spawn_app()` and friends: start the service on port 0 with a temp sled dir.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use incidentpost::config::Settings;
 use incidentpost::startup::{open_store, Application};
@@ -455,4 +457,60 @@ pub fn pd_v3_on(
 pub fn at_offset(minutes: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::minutes(minutes))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The real binary, started on a free port; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub address: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `incidentpost serve` on `dir` with the PagerDuty secret set.
+pub fn start_binary(dir: &std::path::Path) -> Server {
+    start_binary_with(dir, &[])
+}
+
+/// Like [`start_binary`], with more environment variables.
+pub fn start_binary_with(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_incidentpost"))
+        .arg("serve")
+        .env("INCIDENTPOST__SERVER__PORT", port.to_string())
+        .env("INCIDENTPOST__STORAGE__PATH", dir)
+        .env("INCIDENTPOST__SOURCES__PAGERDUTY__SECRET", PD_SECRET)
+        .env("INCIDENTPOST__LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the incidentpost binary starts");
+    Server {
+        child,
+        address: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Waits until `/readyz` answers 200.
+pub async fn wait_ready(client: &reqwest::Client, server: &Server) {
+    for _ in 0..200 {
+        if let Ok(res) = client
+            .get(format!("{}/readyz", server.address))
+            .send()
+            .await
+        {
+            if res.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {} did not become ready", server.address);
 }

@@ -6,6 +6,7 @@ mod config_cli;
 mod correlation;
 mod datadog;
 mod durability;
+mod edge;
 mod github;
 mod helpers;
 mod hostile;

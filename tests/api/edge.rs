@@ -1,0 +1,423 @@
+//! The webhook edge: real deliveries are never refused for their shape, replays store
+//! nothing, nothing from outside grows the metrics, and links from payloads cannot write
+//! into the pack or the pages.
+
+use proptest::prelude::*;
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::TestRunner;
+use serde_json::{json, Map, Value};
+
+use crate::helpers::{
+    fixture_bytes, pd_v3, slack_message, spawn_app, TestApp, GH_SECRET, SLACK_SECRET,
+};
+
+/// Arbitrary JSON, a few levels deep.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,24}".prop_map(Value::from),
+        Just(Value::from("$ALERT_ID")),
+        Just(Value::from("")),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map(".{0,8}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A JSON object mixing the field names the Datadog source reads (with values of any
+/// type) and unknown ones.
+fn any_datadog_object() -> impl Strategy<Value = Value> {
+    const NAMES: &[&str] = &[
+        "id",
+        "title",
+        "body",
+        "date",
+        "last_updated",
+        "event_type",
+        "alert_transition",
+        "alert_type",
+        "alert_query",
+        "alert_metric",
+        "monitor_id",
+        "alert_id",
+        "alert_cycle_key",
+        "aggreg_key",
+        "scopes",
+        "tags",
+        "severity",
+        "priority",
+        "url",
+        "link",
+        "incident_id",
+    ];
+    let known = proptest::collection::vec((proptest::sample::select(NAMES), any_json()), 0..10);
+    let unknown = proptest::collection::vec(("[a-z_]{1,12}", any_json()), 0..4);
+    (known, unknown).prop_map(|(known, unknown)| {
+        let mut m = Map::new();
+        for (k, v) in unknown {
+            m.insert(k, v);
+        }
+        for (k, v) in known {
+            m.insert(k.to_owned(), v);
+        }
+        Value::Object(m)
+    })
+}
+
+#[tokio::test]
+async fn any_json_object_sent_to_datadog_with_the_token_is_stored_with_its_raw_payload() {
+    let app = spawn_app().await;
+    let mut runner = TestRunner::deterministic();
+    let strategy = any_datadog_object();
+    let mut stored = 0;
+    for case in 0..96 {
+        let object = strategy.new_tree(&mut runner).unwrap().current();
+        // A unique notification id keeps every case a new delivery, unless the case
+        // already carries an `id` (then a repeat may fairly be a duplicate).
+        let body = serde_json::to_vec(&object).unwrap();
+        let res = app.post_datadog(&body).await;
+        let status = res.status().as_u16();
+        let json: Value = res.json().await.unwrap();
+        assert!(
+            status == 202 || (status == 200 && json["status"] == "duplicate"),
+            "case {case}: {status} {json} for {object}"
+        );
+        if status == 202 {
+            stored += 1;
+            let id: ulid::Ulid = json["event_ids"][0].as_str().unwrap().parse().unwrap();
+            let raw = app.store.raw(id).unwrap().expect("raw payload kept");
+            assert_eq!(raw, body, "case {case}: raw payload is the body as sent");
+        }
+    }
+    assert!(
+        stored > 80,
+        "most random objects are new deliveries: {stored}"
+    );
+    // Not an object: still refused, with the JSON error.
+    for body in [&b"[1,2]"[..], b"\"text\"", b"42", b"{nope"] {
+        let res = app.post_datadog(body).await;
+        assert_eq!(res.status(), 400, "{}", String::from_utf8_lossy(body));
+        let json: Value = res.json().await.unwrap();
+        assert!(json["error"]["code"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn datadog_alias_pairs_in_every_combination_give_one_event_with_the_first_non_empty_value() {
+    let app = spawn_app().await;
+    // (first name, second name, where the value lands in the event)
+    type Read = fn(&Value) -> Value;
+    let groups: [(&str, &str, Read); 3] = [
+        ("monitor_id", "alert_id", |e| {
+            e["attrs"]["monitor_id"].clone()
+        }),
+        ("severity", "priority", |e| e["attrs"]["priority"].clone()),
+        ("url", "link", |e| e["url"].clone()),
+    ];
+    let mut n = 0;
+    for (first, second, read) in groups {
+        let value = |tag: &str| {
+            if first == "url" {
+                format!("https://dd.test/{tag}")
+            } else {
+                format!("v-{tag}")
+            }
+        };
+        let a = value("a");
+        let b = value("b");
+        // (value of the first name, value of the second, expected)
+        let cases: Vec<(Option<Value>, Option<Value>, Value)> = vec![
+            (None, None, Value::Null),
+            (Some(json!(a)), None, json!(a)),
+            (None, Some(json!(b)), json!(b)),
+            (Some(json!(a)), Some(json!(b)), json!(a)),
+            (Some(json!("")), Some(json!(b)), json!(b)),
+            (Some(json!("$ALERT_ID")), Some(json!(b)), json!(b)),
+            (Some(Value::Null), Some(json!(b)), json!(b)),
+            (Some(json!({"nested": 1})), Some(json!(b)), json!(b)),
+        ];
+        for (i, (x, y, want)) in cases.into_iter().enumerate() {
+            n += 1;
+            let mut body =
+                json!({"id": format!("alias-{n}"), "title": format!("[Triggered] case {n}")});
+            if let Some(x) = x {
+                body[first] = x;
+            }
+            if let Some(y) = y {
+                body[second] = y;
+            }
+            let res = app.post_datadog(&serde_json::to_vec(&body).unwrap()).await;
+            assert_eq!(res.status(), 202, "{first}/{second} case {i}: {body}");
+            let json: Value = res.json().await.unwrap();
+            assert_eq!(json["event_ids"].as_array().unwrap().len(), 1);
+            let events = app.unattached().await;
+            let event = events
+                .iter()
+                .find(|e| e["id"] == json["event_ids"][0])
+                .expect("the event is in the stream");
+            assert_eq!(read(event), want, "{first}/{second} case {i}: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_default_template_unrendered_is_taken_as_a_notification() {
+    let app = spawn_app().await;
+    let body = fixture_bytes("datadog/webhook-default-payload-template.datadog.json");
+    assert_eq!(app.post_datadog(&body).await.status(), 202);
+    assert_eq!(app.post_datadog(&body).await.status(), 200, "a retry");
+    let events = app.unattached().await;
+    assert_eq!(events.len(), 1);
+    assert!(events[0]["title"].as_str().unwrap().starts_with("Alert: "));
+}
+
+async fn stored_events(app: &TestApp) -> usize {
+    let incidents: usize = app
+        .incidents()
+        .await
+        .iter()
+        .map(|i| i["event_count"].as_u64().unwrap() as usize)
+        .sum();
+    incidents + app.unattached().await.len()
+}
+
+#[tokio::test]
+async fn a_signed_body_replayed_with_a_fresh_delivery_id_stores_nothing() {
+    let app = spawn_app().await;
+
+    // GitHub: the delivery GUID header is not signed.
+    let body = fixture_bytes("github/pull_request.opened.octokit.json");
+    assert_eq!(
+        app.post_github("pull_request", "guid-1", &body)
+            .await
+            .status(),
+        202
+    );
+    let before = stored_events(&app).await;
+    for guid in ["guid-2", ""] {
+        let res = app.post_github("pull_request", guid, &body).await;
+        assert_eq!(res.status(), 200, "GitHub replay under '{guid}'");
+        assert_eq!(res.json::<Value>().await.unwrap()["status"], "duplicate");
+    }
+    let sig = format!(
+        "sha256={}",
+        incidentpost::sources::signature::hmac_sha256_hex(GH_SECRET.as_bytes(), &[&body])
+    );
+    let res = app
+        .post_webhook(
+            "github",
+            &body,
+            &[
+                ("X-GitHub-Event", "pull_request".into()),
+                ("X-Hub-Signature-256", sig),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 200, "GitHub replay with no delivery header");
+    assert_eq!(stored_events(&app).await, before);
+
+    // PagerDuty: a new X-Webhook-Id on the same signed body.
+    let body = pd_v3(
+        "incident.triggered",
+        "PREPLAY",
+        "01REPLAYEVENT",
+        &crate::helpers::at_offset(-1),
+    );
+    let sig = crate::helpers::pd_sign(crate::helpers::PD_SECRET, &body);
+    let res = app
+        .post_pagerduty_with(&body, Some(&sig), Some("hook-1"))
+        .await;
+    assert_eq!(res.status(), 202);
+    let before = stored_events(&app).await;
+    let res = app
+        .post_pagerduty_with(&body, Some(&sig), Some("hook-2"))
+        .await;
+    assert_eq!(
+        res.status(),
+        200,
+        "PagerDuty replay under a new X-Webhook-Id"
+    );
+    assert_eq!(stored_events(&app).await, before);
+
+    // Slack: the same signed body again, with a retry header it does not sign.
+    let body = slack_message("Ev0REPLAY", "C0REPLAY", "1700000000.000100", "rolling back");
+    assert_eq!(app.post_slack(&body).await.status(), 202);
+    let before = stored_events(&app).await;
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let sig = format!(
+        "v0={}",
+        incidentpost::sources::signature::hmac_sha256_hex(
+            SLACK_SECRET.as_bytes(),
+            &[b"v0:", ts.as_bytes(), b":", &body]
+        )
+    );
+    let res = app
+        .post_webhook(
+            "slack",
+            &body,
+            &[
+                ("X-Slack-Request-Timestamp", ts),
+                ("X-Slack-Signature", sig),
+                ("X-Slack-Retry-Num", "1".into()),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 200, "Slack replay");
+    assert_eq!(stored_events(&app).await, before);
+}
+
+#[tokio::test]
+async fn a_slack_event_without_event_id_is_stored_once_by_channel_and_ts() {
+    let app = spawn_app().await;
+    let mut v: Value =
+        serde_json::from_slice(&slack_message("x", "C0NOID", "1700000100.000200", "hello"))
+            .unwrap();
+    v.as_object_mut().unwrap().remove("event_id");
+    let body = serde_json::to_vec(&v).unwrap();
+    assert_eq!(app.post_slack(&body).await.status(), 202);
+    // The app_mention of the same message, also without event_id: the same message.
+    v["event"]["type"] = "app_mention".into();
+    let mention = serde_json::to_vec(&v).unwrap();
+    assert_eq!(app.post_slack(&mention).await.status(), 200);
+    let events = app.unattached().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["attrs"]["channel"], "C0NOID");
+}
+
+#[tokio::test]
+async fn a_legacy_pagerduty_v1_webhook_is_refused_with_a_message_naming_v3() {
+    let app = spawn_app().await;
+    let body = serde_json::to_vec(&json!({
+        "messages": [{
+            "type": "incident.trigger",
+            "data": {"incident": {"id": "PLEGACY", "incident_number": 1, "status": "triggered"}},
+            "id": "bb8b8fe0-e8d5-11e2-9c1e-22000afd16cf",
+            "created_on": "2013-07-09T20:25:44Z"
+        }]
+    }))
+    .unwrap();
+    let res = app.post_pagerduty(&body).await;
+    assert_eq!(res.status(), 400);
+    let json: Value = res.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "invalid_payload");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("V1"), "{message}");
+    assert!(message.contains("Generic Webhooks (V3)"), "{message}");
+    assert!(message.contains("README"), "{message}");
+    assert!(!message.contains("untagged"), "{message}");
+    assert!(app.incidents().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_thousand_made_up_methods_leave_the_metrics_the_same_size() {
+    // The real binary: the metrics registry is per process, and other tests in this
+    // binary write to theirs.
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::helpers::start_binary(dir.path());
+    let client = reqwest::Client::new();
+    crate::helpers::wait_ready(&client, &server).await;
+    let send = |method: reqwest::Method| {
+        let client = client.clone();
+        let address = server.address.clone();
+        async move {
+            for path in ["/nowhere", "/incidents", "/webhooks/pagerduty"] {
+                client
+                    .request(method.clone(), format!("{address}{path}"))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let metrics_size = || {
+        let client = client.clone();
+        let url = format!("{}/metrics", server.address);
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    // Warm up: the series a made-up method falls into exist before the baseline.
+    send(reqwest::Method::from_bytes(b"WARMUP").unwrap()).await;
+    metrics_size().await;
+    let before = metrics_size().await;
+    let mut runner = TestRunner::deterministic();
+    for _ in 0..1000 {
+        let name = "[A-Z]{3,16}".new_tree(&mut runner).unwrap().current();
+        send(reqwest::Method::from_bytes(name.as_bytes()).unwrap()).await;
+    }
+    let after = metrics_size().await;
+    assert!(
+        after.abs_diff(before) < 600,
+        "/metrics grew from {before} to {after} bytes"
+    );
+}
+
+#[tokio::test]
+async fn a_newline_in_a_payload_url_writes_no_heading_and_no_script_link() {
+    let app = spawn_app().await;
+    let trigger = pd_v3(
+        "incident.triggered",
+        "PINJECT",
+        "01INJECT",
+        &crate::helpers::at_offset(-5),
+    );
+    assert_eq!(app.post_pagerduty(&trigger).await.status(), 202);
+    let hostile = "https://dd.test/a)\n\n# Injected heading\n\n[click](javascript:alert(1))";
+    for (i, url) in [hostile, "javascript:alert(2)", "https://dd.test/ok"]
+        .iter()
+        .enumerate()
+    {
+        let body = json!({
+            "id": format!("inject-{i}"),
+            "title": format!("[Triggered] injected {i}"),
+            "incident_id": "PINJECT",
+            "url": url,
+        });
+        let res = app.post_datadog(&serde_json::to_vec(&body).unwrap()).await;
+        assert_eq!(res.status(), 202);
+    }
+    let events = app.events("PINJECT").await;
+    let urls: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["source"] == "datadog")
+        .map(|e| &e["url"])
+        .collect();
+    assert_eq!(
+        urls,
+        [&Value::Null, &Value::Null, &json!("https://dd.test/ok")]
+    );
+
+    let md = app
+        .get("/incidents/PINJECT/postmortem.md")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(md.contains("https://dd.test/ok"), "{md}");
+    assert!(!md.lines().any(|l| l.starts_with("# Injected")), "{md}");
+    assert!(!md.to_ascii_lowercase().contains("javascript:"), "{md}");
+
+    let page = app.get("/ui/incidents/PINJECT").await.text().await.unwrap();
+    assert!(page.contains("https://dd.test/ok"));
+    assert!(
+        !page.to_ascii_lowercase().contains("href=\"javascript:"),
+        "the page links to a script"
+    );
+}
