@@ -169,6 +169,16 @@ pub struct ServerSettings {
     pub workers: usize,
     pub shutdown_timeout_secs: u64,
     pub request_timeout_secs: u64,
+    /// Open connections the server holds at most (all workers together); more wait in
+    /// the listen backlog.
+    pub max_connections: usize,
+    /// The address people and providers reach the service at (`https://incidents.example.com`).
+    /// Gives the allowed `Host` when `allowed_hosts` is empty, and makes the session
+    /// cookie `Secure` when it is https.
+    pub public_url: String,
+    /// Host names (without port) requests may carry in `Host`; `*` allows any. Empty:
+    /// the loopback names on loopback, else the host of `public_url`.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -201,6 +211,14 @@ pub struct LogSettings {
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
     pub token: Secret,
+    /// How long a page login lasts.
+    pub session_ttl_hours: u32,
+    /// Marks the session cookie `Secure` even when `server.public_url` is not https
+    /// (TLS ended by a proxy that forwards plain http).
+    pub cookie_secure: bool,
+    /// Failed logins or bearer tokens one client address may make per minute before
+    /// it gets 429.
+    pub auth_failures_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -312,6 +330,59 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The host names accepted in `Host`, lower-case; `None` accepts any (`*`).
+    pub fn allowed_hosts(&self) -> Option<Vec<String>> {
+        let s = &self.server;
+        let mut hosts: Vec<String> = s
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if hosts.iter().any(|h| h == "*") {
+            return None;
+        }
+        let listed = !hosts.is_empty();
+        if let Some(h) = public_url_host(&s.public_url) {
+            hosts.push(h);
+        }
+        // The loopback names are the default; a list of the operator's replaces them.
+        if self.is_loopback() && !listed {
+            for h in ["localhost", "127.0.0.1", "::1", "[::1]"] {
+                hosts.push(h.to_owned());
+            }
+            hosts.push(s.host.to_ascii_lowercase());
+        }
+        hosts.sort();
+        hosts.dedup();
+        Some(hosts)
+    }
+
+    /// True when the session cookie must carry `Secure`.
+    pub fn cookie_secure(&self) -> bool {
+        self.api.cookie_secure
+            || self
+                .server
+                .public_url
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("https://")
+    }
+
+    /// Every configured secret by key, for the checks that compare them.
+    fn secrets(&self) -> Vec<(&'static str, &Secret)> {
+        let s = &self.sources;
+        vec![
+            ("api.token", &self.api.token),
+            ("sources.pagerduty.secret", &s.pagerduty.secret),
+            ("sources.github.secret", &s.github.secret),
+            ("sources.github.token", &s.github.token),
+            ("sources.slack.signing_secret", &s.slack.signing_secret),
+            ("sources.datadog.token", &s.datadog.token),
+            ("sources.cloudwatch.token", &s.cloudwatch.token),
+        ]
+    }
+
     /// True when the server binds only to the local machine.
     pub fn is_loopback(&self) -> bool {
         self.server.host == "localhost"
@@ -366,6 +437,28 @@ impl Settings {
         }
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        let url = self.server.public_url.trim();
+        if !url.is_empty() && public_url_host(url).is_none() {
+            return Err(invalid(
+                "server.public_url",
+                format!("'{url}' is not an absolute http(s) URL"),
+            ));
+        }
+        if !(1..=24 * 30).contains(&self.api.session_ttl_hours) {
+            return Err(invalid(
+                "api.session_ttl_hours",
+                "must be between 1 and 720",
+            ));
+        }
+        if self.api.auth_failures_per_minute == 0 {
+            return Err(invalid(
+                "api.auth_failures_per_minute",
+                "must be at least 1",
+            ));
         }
         if self.storage.path.as_os_str().is_empty() {
             return Err(invalid("storage.path", "must not be empty"));
@@ -466,9 +559,69 @@ impl Settings {
                     ),
                 ));
             }
+            if let Some(why) = weak_token(self.api.token.expose()) {
+                return Err(invalid(
+                    "api.token",
+                    format!("{why} (it guards every incident off loopback)"),
+                ));
+            }
+            let secrets = self.secrets();
+            for (i, (key, secret)) in secrets.iter().enumerate() {
+                if secret.is_empty() {
+                    continue;
+                }
+                if let Some((first, _)) = secrets[..i].iter().find(|(_, other)| other == secret) {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "repeats {first}: give each provider and the API a secret of its own"
+                        ),
+                    ));
+                }
+            }
+            if self.server.allowed_hosts.is_empty() && self.server.public_url.trim().is_empty() {
+                return Err(invalid(
+                    "server.allowed_hosts",
+                    format!(
+                        "set it (or server.public_url) when listening on non-loopback address {}: \
+                         requests naming any other Host are refused (DNS rebinding)",
+                        self.server.host
+                    ),
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// The host of an absolute http(s) URL, lower-case, without port.
+pub fn public_url_host(url: &str) -> Option<String> {
+    let url = crate::domain::clean_url(url.trim())?;
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next()?),
+        None => authority.split(':').next()?.to_owned(),
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Why an API token is too weak to guard a service off loopback, if it is.
+fn weak_token(token: &str) -> Option<&'static str> {
+    const MIN_CHARS: usize = 16;
+    if token.chars().any(char::is_whitespace) {
+        return Some("must not contain whitespace");
+    }
+    if token.chars().count() < MIN_CHARS {
+        return Some("must be at least 16 characters");
+    }
+    let mut chars = token.chars();
+    let first = chars.next();
+    if chars.all(|c| Some(c) == first) {
+        return Some("must not be one character repeated");
+    }
+    None
 }
 
 #[cfg(test)]
@@ -512,6 +665,97 @@ mod tests {
         "#;
         let err = Settings::from_toml_overlay(overlay).unwrap_err();
         assert!(err.to_string().contains("api.token"), "{err}");
+    }
+
+    const STRONG: &str = r#"
+            [server]
+            host = "0.0.0.0"
+            public_url = "https://incidents.example.com"
+            [api]
+            token = "an-api-token-of-some-length"
+            [sources.pagerduty]
+            secret = "pd-secret-1"
+            [sources.github]
+            secret = "gh-secret-2"
+            [sources.slack]
+            signing_secret = "slack-secret-3"
+            [sources.datadog]
+            token = "dd-token-4"
+            [sources.cloudwatch]
+            enabled = false
+        "#;
+
+    #[test]
+    fn a_strong_public_configuration_is_accepted() {
+        let s = Settings::from_toml_overlay(STRONG).unwrap();
+        assert_eq!(
+            s.allowed_hosts(),
+            Some(vec!["incidents.example.com".to_owned()])
+        );
+        assert!(s.cookie_secure());
+    }
+
+    #[test]
+    fn weak_tokens_off_loopback_are_refused_naming_the_key() {
+        for token in [
+            "x",
+            "                    ",
+            "short-token",
+            "has a space in it ok",
+            "aaaaaaaaaaaaaaaaaaaa",
+        ] {
+            let overlay = STRONG.replace("an-api-token-of-some-length", token);
+            let err = Settings::from_toml_overlay(&overlay)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("api.token"), "{token:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_that_repeat_one_another_are_refused_naming_the_key() {
+        let overlay = STRONG.replace("gh-secret-2", "pd-secret-1");
+        let err = Settings::from_toml_overlay(&overlay)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sources.github.secret"), "{err}");
+        assert!(err.contains("sources.pagerduty.secret"), "{err}");
+        let overlay = STRONG.replace("dd-token-4", "an-api-token-of-some-length");
+        let err = Settings::from_toml_overlay(&overlay)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sources.datadog.token"), "{err}");
+    }
+
+    #[test]
+    fn off_loopback_a_host_list_or_public_url_is_required() {
+        let overlay = STRONG.replace("public_url = \"https://incidents.example.com\"", "");
+        let err = Settings::from_toml_overlay(&overlay)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.allowed_hosts"), "{err}");
+        let overlay = overlay.replace(
+            "[api]",
+            "allowed_hosts = [\"Incidents.Example.com\"]\n[api]",
+        );
+        let s = Settings::from_toml_overlay(&overlay).unwrap();
+        assert_eq!(
+            s.allowed_hosts(),
+            Some(vec!["incidents.example.com".to_owned()])
+        );
+        assert!(!s.cookie_secure());
+    }
+
+    #[test]
+    fn on_loopback_the_loopback_names_are_allowed() {
+        let hosts = Settings::from_toml_overlay("")
+            .unwrap()
+            .allowed_hosts()
+            .unwrap();
+        for h in ["localhost", "127.0.0.1", "[::1]"] {
+            assert!(hosts.iter().any(|x| x == h), "{h}: {hosts:?}");
+        }
+        assert!(!hosts.iter().any(|x| x == "rebind.evil.test"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod annotations;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod correlate;
 pub mod domain;

@@ -126,22 +126,20 @@ impl Application {
             background.clone(),
         );
 
+        let auth = Arc::new(crate::auth::Auth::new(&settings, store.clone()));
         let state = web::Data::new(AppState {
             store: store.clone(),
             ingest: ingest.clone(),
             sources,
             disabled_sources,
-            api_token: settings.api.token.as_option().cloned(),
+            auth: auth.clone(),
+            allowed_hosts: settings.allowed_hosts(),
             max_body_bytes: settings.server.max_body_bytes,
             request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
             metrics: telemetry::metrics_handle(),
             pollers,
             renderer,
             pages: Arc::new(crate::web::Pages::load().context("loading the page templates")?),
-            ui_key: match settings.api.token.as_option() {
-                Some(t) => t.expose().to_owned(),
-                None => format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new()),
-            },
         });
 
         spawn_delivery_pruner(
@@ -149,6 +147,7 @@ impl Application {
             settings.storage.delivery_retention_days,
             background.clone(),
         );
+        spawn_session_pruner(auth, background.clone());
         spawn_lifecycle_logger(ingest.clone(), background.clone());
         let ingest_handle = ingest.clone();
 
@@ -156,11 +155,14 @@ impl Application {
         let listener = TcpListener::bind(&address)
             .with_context(|| format!("binding server.host:server.port {address}"))?;
         let port = listener.local_addr()?.port();
+        let max_body_bytes = settings.server.max_body_bytes;
         let mut server = HttpServer::new(move || {
             App::new()
+                // The last wrap runs first: metrics see every answer, refusals included.
+                .wrap(from_fn(api::guard))
                 .wrap(from_fn(telemetry::record_request))
                 .app_data(state.clone())
-                .configure(api::configure)
+                .configure(|cfg| api::configure(cfg, max_body_bytes))
         })
         .shutdown_timeout(settings.server.shutdown_timeout_secs)
         // Slow clients (slowloris) get this long to send their request head, and a
@@ -168,9 +170,14 @@ impl Application {
         .client_request_timeout(Duration::from_secs(settings.server.request_timeout_secs))
         .client_disconnect_timeout(Duration::from_secs(1))
         .listen(listener)?;
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
-        }
+        let workers = match settings.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // actix counts connections per worker.
+        server = server
+            .workers(workers)
+            .max_connections(settings.server.max_connections.div_ceil(workers).max(1));
         tracing::info!(
             address = %format!("{}:{port}", settings.server.host),
             storage = %settings.storage.path.display(),
@@ -281,6 +288,25 @@ fn spawn_delivery_pruner(store: Arc<dyn Store>, retention_days: u32, stop: Cance
                     tracing::warn!(error = %e, "pruning delivery keys failed; will retry")
                 }
                 Err(e) => tracing::warn!(error = %e, "pruning task failed; will retry"),
+            }
+        }
+    });
+}
+
+fn spawn_session_pruner(auth: Arc<crate::auth::Auth>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            let auth = auth.clone();
+            match tokio::task::spawn_blocking(move || auth.prune(chrono::Utc::now())).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(removed = n, "pruned expired page sessions"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning sessions failed; will retry"),
+                Err(e) => tracing::warn!(error = %e, "session pruning task failed; will retry"),
             }
         }
     });

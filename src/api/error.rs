@@ -36,6 +36,12 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("no route for this path")]
     RouteNotFound,
+    #[error("this Host is not one of server.allowed_hosts")]
+    HostNotAllowed,
+    #[error("cross-site requests may not change anything here")]
+    CrossSite,
+    #[error("too many failed attempts from this address; retry in {0} seconds")]
+    TooManyAttempts(u64),
     #[error("storage is unavailable; retry later")]
     StorageUnavailable,
     #[error("the service is overloaded; retry later")]
@@ -65,6 +71,9 @@ impl ApiError {
             ApiError::IncidentNotFound(_) => "incident_not_found",
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::RouteNotFound => "not_found",
+            ApiError::HostNotAllowed => "host_not_allowed",
+            ApiError::CrossSite => "cross_site_request",
+            ApiError::TooManyAttempts(_) => "too_many_attempts",
             ApiError::StorageUnavailable => "storage_unavailable",
             ApiError::Overloaded => "overloaded",
             ApiError::Internal(_) => "internal",
@@ -108,6 +117,9 @@ impl ResponseError for ApiError {
             | ApiError::SourceDisabled(_)
             | ApiError::IncidentNotFound(_)
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::CrossSite => StatusCode::FORBIDDEN,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::StorageUnavailable | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -129,6 +141,9 @@ impl ResponseError for ApiError {
                 | ApiError::Signature(VerifyError::Unavailable(_))
         ) {
             res.insert_header(("Retry-After", "5"));
+        }
+        if let ApiError::TooManyAttempts(secs) = self {
+            res.insert_header(("Retry-After", secs.to_string()));
         }
         if matches!(self, ApiError::Unauthorized(_)) {
             res.insert_header(("WWW-Authenticate", "Bearer"));

@@ -1,6 +1,7 @@
 //! HTTP surface: one route table, thin handlers. Handlers extract, make one call into the
 //! core (ingest or store), and map the result; no storage or rendering code lives here.
 
+mod edge;
 mod error;
 mod incidents;
 mod openapi;
@@ -11,12 +12,12 @@ mod webhooks;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use actix_web::{web, HttpRequest};
+use actix_web::web;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+pub use edge::guard;
 pub use error::ApiError;
 
-use crate::config::Secret;
 use crate::domain::Source;
 use crate::ingest::Ingest;
 use crate::sources::WebhookSource;
@@ -30,7 +31,10 @@ pub struct AppState {
     pub sources: BTreeMap<Source, Arc<dyn WebhookSource>>,
     /// Sources that exist but are turned off in config (answered 404 `source_disabled`).
     pub disabled_sources: Vec<Source>,
-    pub api_token: Option<Secret>,
+    /// Bearer token, sessions and failed-attempt limits (checked by [`guard`]).
+    pub auth: Arc<crate::auth::Auth>,
+    /// Host names accepted in `Host`; `None` accepts any.
+    pub allowed_hosts: Option<Vec<String>>,
     pub max_body_bytes: usize,
     /// How long a webhook body may take to arrive (slow senders are cut off: 408).
     pub request_timeout: std::time::Duration,
@@ -41,38 +45,50 @@ pub struct AppState {
     pub renderer: Arc<crate::postmortem::renderer::Renderer>,
     /// The page templates.
     pub pages: Arc<crate::web::Pages>,
-    /// Key for CSRF tokens (the API token, else random per process).
-    pub ui_key: String,
 }
 
-/// The route table: every route of the service is registered here.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::QueryConfig::default()
-            .error_handler(|e, _| ApiError::InvalidQuery(e.to_string()).into()),
-    )
-    .app_data(web::JsonConfig::default().error_handler(|e, _| {
-        ApiError::Payload(crate::sources::NormalizeError::Shape(e.to_string())).into()
-    }))
-    .app_data(web::FormConfig::default().limit(1 << 20))
-    .route("/healthz", web::get().to(ops::healthz))
-    .route("/readyz", web::get().to(ops::readyz))
-    .route("/metrics", web::get().to(ops::metrics))
-    .route("/openapi.json", web::get().to(openapi::serve))
-    .route("/webhooks/{source}", web::post().to(webhooks::receive))
-    .route("/incidents", web::get().to(incidents::list))
-    .route("/incidents/import", web::post().to(packs::import_timeline))
-    .route("/incidents/{id}", web::get().to(incidents::get))
-    .route("/incidents/{id}", web::patch().to(packs::edit))
-    .route("/incidents/{id}/events", web::get().to(incidents::events))
-    .route("/incidents/{id}/render", web::post().to(packs::render))
-    .route("/incidents/{id}/pack.zip", web::get().to(packs::zip))
-    .route("/incidents/{id}/{file}", web::get().to(packs::file))
-    .configure(crate::web::configure)
-    .route("/events/unattached", web::get().to(incidents::unattached))
-    .default_service(web::to(|| async {
-        Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound)
-    }));
+/// The route table: every route of the service is registered here. `max_body_bytes`
+/// bounds every body extractor ([`guard`] has already read the body under the same bound).
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.app_data(web::PayloadConfig::new(max_body_bytes))
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|e, _| ApiError::InvalidQuery(e.to_string()).into()),
+        )
+        .app_data(
+            web::JsonConfig::default()
+                .limit(max_body_bytes)
+                .error_handler(move |e, _| match e {
+                    actix_web::error::JsonPayloadError::Overflow { .. }
+                    | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => {
+                        ApiError::PayloadTooLarge {
+                            limit: max_body_bytes,
+                        }
+                        .into()
+                    }
+                    e => ApiError::Payload(crate::sources::NormalizeError::Shape(e.to_string()))
+                        .into(),
+                }),
+        )
+        .app_data(web::FormConfig::default().limit(max_body_bytes))
+        .route("/healthz", web::get().to(ops::healthz))
+        .route("/readyz", web::get().to(ops::readyz))
+        .route("/metrics", web::get().to(ops::metrics))
+        .route("/openapi.json", web::get().to(openapi::serve))
+        .route("/webhooks/{source}", web::post().to(webhooks::receive))
+        .route("/incidents", web::get().to(incidents::list))
+        .route("/incidents/import", web::post().to(packs::import_timeline))
+        .route("/incidents/{id}", web::get().to(incidents::get))
+        .route("/incidents/{id}", web::patch().to(packs::edit))
+        .route("/incidents/{id}/events", web::get().to(incidents::events))
+        .route("/incidents/{id}/render", web::post().to(packs::render))
+        .route("/incidents/{id}/pack.zip", web::get().to(packs::zip))
+        .route("/incidents/{id}/{file}", web::get().to(packs::file))
+        .configure(crate::web::configure)
+        .route("/events/unattached", web::get().to(incidents::unattached))
+        .default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound)
+        }));
 }
 
 /// Parses an incident id from a path, answering 400 `invalid_incident_id`.
@@ -93,37 +109,4 @@ where
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(Into::into)
-}
-
-/// Checks the bearer token of the read/edit API when one is configured.
-pub(crate) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let Some(token) = &state.api_token else {
-        return Ok(());
-    };
-    // The pages' session cookie works too, for downloads only (GET): a state-changing
-    // API call needs the bearer token, so a forged cross-site request cannot ride on it.
-    if req.method() == actix_web::http::Method::GET
-        && req.headers().get("Authorization").is_none()
-        && crate::web::has_session(req, state)
-    {
-        return Ok(());
-    }
-    let presented = req
-        .headers()
-        .get("Authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-    // Constant-time: compare HMACs of both under a fixed key rather than the bytes.
-    let a = crate::sources::signature::hmac_sha256(
-        b"incidentpost-token",
-        &[presented.trim().as_bytes()],
-    );
-    let b =
-        crate::sources::signature::hmac_sha256(b"incidentpost-token", &[token.expose().as_bytes()]);
-    if a == b {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized("invalid bearer token".into()))
-    }
 }

@@ -3,13 +3,13 @@
 
 use std::io::Read;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use ulid::Ulid;
 
-use super::{authorize, blocking, parse_id, ApiError, AppState};
+use super::{blocking, parse_id, ApiError, AppState};
 use crate::domain::{Event, EventKind, IncidentId, Source, KEY_INCIDENT_REF};
 use crate::ingest::Submission;
 use crate::postmortem::renderer::RenderFailure;
@@ -25,6 +25,13 @@ impl From<RenderFailure> for ApiError {
     }
 }
 
+/// The policy on every pack file: nothing loads, nothing runs (`nosniff` is added to
+/// every response by the edge).
+const PACK_CSP: (&str, &str) = (
+    "Content-Security-Policy",
+    "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+);
+
 async fn pack_of(state: &web::Data<AppState>, id: IncidentId) -> Result<(Vec<u8>, bool), ApiError> {
     let renderer = state.renderer.clone();
     blocking(move || renderer.pack(&id)).await
@@ -33,10 +40,8 @@ async fn pack_of(state: &web::Data<AppState>, id: IncidentId) -> Result<(Vec<u8>
 /// `GET /incidents/{id}/pack.zip`.
 pub async fn zip(
     state: web::Data<AppState>,
-    req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let id = parse_id(&path)?;
     let (zip, draft) = pack_of(&state, id.clone()).await?;
     let name = if draft {
@@ -46,6 +51,7 @@ pub async fn zip(
     };
     Ok(HttpResponse::Ok()
         .content_type("application/zip")
+        .insert_header(PACK_CSP)
         .insert_header((
             "Content-Disposition",
             format!("attachment; filename=\"{name}\""),
@@ -56,10 +62,8 @@ pub async fn zip(
 /// `GET /incidents/{id}/{file}`: one file of the pack.
 pub async fn file(
     state: web::Data<AppState>,
-    req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let (raw_id, name) = path.into_inner();
     let id = parse_id(&raw_id)?;
     let Some(name) = FILES.iter().find(|f| **f == name) else {
@@ -82,16 +86,19 @@ pub async fn file(
         Some("ndjson") => "application/x-ndjson",
         _ => "text/plain; charset=utf-8",
     };
-    Ok(HttpResponse::Ok().content_type(content_type).body(bytes))
+    // The files hold text from the internet: opened directly (an SVG, a Markdown file a
+    // browser sniffs), they must not run script or load anything.
+    Ok(HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header(PACK_CSP)
+        .body(bytes))
 }
 
 /// `POST /incidents/{id}/render`: renders now (and stores when resolved).
 pub async fn render(
     state: web::Data<AppState>,
-    req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let id = parse_id(&path)?;
     let renderer = state.renderer.clone();
     let key = id.clone();
@@ -160,11 +167,9 @@ fn annotation(
 /// the history stays in the log), then the pack is rendered again.
 pub async fn edit(
     state: web::Data<AppState>,
-    req: HttpRequest,
     path: web::Path<String>,
     body: web::Json<Edit>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let id = parse_id(&path)?;
     let (n, draft) = apply_edit(&state, &id, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(json!({"incident_id": id, "annotations": n, "draft": draft})))
@@ -299,11 +304,9 @@ pub struct ImportQuery {
 /// `POST /incidents/import`: a pasted timeline becomes an incident and its pack.
 pub async fn import_timeline(
     state: web::Data<AppState>,
-    req: HttpRequest,
     query: web::Query<ImportQuery>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let text = std::str::from_utf8(&body).map_err(|_| {
         ApiError::Payload(crate::sources::NormalizeError::Malformed(
             "the timeline is not UTF-8 text".into(),

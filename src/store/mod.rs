@@ -145,6 +145,15 @@ pub trait Store: Send + Sync + 'static {
     fn raw(&self, id: Ulid) -> Result<Option<Vec<u8>>, StoreError>;
     /// Forgets delivery keys stored before `cutoff`; returns how many were removed.
     fn prune_deliveries(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError>;
+    /// Remembers a page session under `key` (a hash of the cookie, never the cookie)
+    /// until `expires_at`.
+    fn put_session(&self, key: &str, expires_at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// When a session expires, if it exists.
+    fn session(&self, key: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// Ends a session (logout).
+    fn delete_session(&self, key: &str) -> Result<(), StoreError>;
+    /// Forgets sessions expired at `now`; returns how many were removed.
+    fn prune_sessions(&self, now: DateTime<Utc>) -> Result<usize, StoreError>;
     /// Stores the rendered pack of an incident (derived data: not flushed here, sled's
     /// background flush persists it within `storage.flush_every_ms`).
     fn put_pack(&self, id: &IncidentId, zip: &[u8]) -> Result<(), StoreError>;

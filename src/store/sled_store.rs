@@ -36,6 +36,7 @@ pub struct SledStore {
     links: sled::Tree,
     cursors: sled::Tree,
     packs: sled::Tree,
+    sessions: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -100,6 +101,7 @@ impl SledStore {
             links: db.open_tree("links")?,
             cursors: db.open_tree("cursors")?,
             packs: db.open_tree("packs")?,
+            sessions: db.open_tree("sessions")?,
             meta: db.open_tree("meta")?,
             db,
         };
@@ -412,6 +414,48 @@ impl Store for SledStore {
                 {
                     removed += 1;
                 }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn put_session(&self, key: &str, expires_at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.sessions
+            .insert(key.as_bytes(), &expires_at.timestamp().to_be_bytes())?;
+        // A login must survive a restart right after it.
+        self.sessions.flush()?;
+        Ok(())
+    }
+
+    fn session(&self, key: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let Some(v) = self.sessions.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let secs = <[u8; 8]>::try_from(v.as_ref())
+            .map(i64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                key: format!("sessions/{key}"),
+                message: "expiry is not 8 bytes".into(),
+            })?;
+        Ok(DateTime::<Utc>::from_timestamp(secs, 0))
+    }
+
+    fn delete_session(&self, key: &str) -> Result<(), StoreError> {
+        self.sessions.remove(key.as_bytes())?;
+        self.sessions.flush()?;
+        Ok(())
+    }
+
+    fn prune_sessions(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for kv in self.sessions.iter() {
+            let (k, v) = kv?;
+            let expired = <[u8; 8]>::try_from(v.as_ref())
+                .map(i64::from_be_bytes)
+                .map_or(true, |secs| secs <= now.timestamp());
+            if expired {
+                self.sessions.remove(&k)?;
+                removed += 1;
             }
         }
         Ok(removed)

@@ -3,25 +3,27 @@
 //! escaping (event titles come from the internet), plain CSS, one small script for copy
 //! buttons, nothing from a CDN.
 //!
-//! Auth: with `api.token` set, pages need a session cookie (HttpOnly, SameSite=Strict)
-//! obtained by logging in with the token; every form carries a CSRF token bound to it.
+//! Auth: with `api.token` set, pages need a session: logging in with the token stores a
+//! random session (`crate::auth`) and sets its cookie (HttpOnly, SameSite=Strict, Secure
+//! behind https); logout deletes it. Every form carries a CSRF token bound to the session.
 
 use std::collections::BTreeSet;
 
+use actix_web::cookie::Cookie;
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use handlebars::Handlebars;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::packs::{apply_edit, import_text, ActionItem, Edit};
 use crate::api::{blocking, parse_id, ApiError, AppState};
+use crate::auth::Identity;
 use crate::domain::{Event, Incident};
 use crate::postmortem::facts::Facts;
-use crate::sources::signature::{constant_time_eq, hmac_sha256_hex};
+use crate::sources::signature::constant_time_eq;
 
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "incidentpost_session";
+pub use crate::auth::SESSION_COOKIE;
 
 const PAGES: [(&str, &str); 5] = [
     ("layout", include_str!("../../templates/web/layout.hbs")),
@@ -101,27 +103,40 @@ fn see_other(to: &str) -> HttpResponse {
         .finish()
 }
 
-/// The cookie value a valid session carries (derived from the token: no session store).
-pub fn session_value(token: &str) -> String {
-    hmac_sha256_hex(token.as_bytes(), &[b"incidentpost-ui-session-v1"])
+/// True when the request carries a valid page session or the bearer token (or no
+/// token is configured). [`crate::api::guard`] found that out before the handler ran.
+pub fn has_session(req: &HttpRequest, state: &AppState) -> bool {
+    !state.auth.required()
+        || req
+            .extensions()
+            .get::<Identity>()
+            .is_some_and(|i| i.bearer || i.session.is_some())
 }
 
-/// True when the request carries the session cookie (or no token is configured).
-pub fn has_session(req: &HttpRequest, state: &AppState) -> bool {
-    match &state.api_token {
-        None => true,
-        Some(t) => req
-            .cookie(SESSION_COOKIE)
-            .is_some_and(|c| constant_time_eq(c.value(), &session_value(t.expose()))),
-    }
+fn session_of(req: &HttpRequest) -> Option<String> {
+    req.extensions()
+        .get::<Identity>()
+        .and_then(|i| i.session.clone())
 }
 
 fn csrf_token(req: &HttpRequest, state: &AppState) -> String {
-    let session = req
-        .cookie(SESSION_COOKIE)
-        .map(|c| c.value().to_owned())
-        .unwrap_or_default();
-    hmac_sha256_hex(state.ui_key.as_bytes(), &[b"csrf", session.as_bytes()])
+    state.auth.csrf_token(session_of(req).as_deref())
+}
+
+fn client_address(req: &HttpRequest) -> std::net::IpAddr {
+    req.peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+fn session_cookie(value: String, max_age_secs: i64, secure: bool) -> Cookie<'static> {
+    Cookie::build(SESSION_COOKIE, value)
+        .path("/")
+        .http_only(true)
+        .secure(secure)
+        .same_site(actix_web::cookie::SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::seconds(max_age_secs))
+        .finish()
 }
 
 /// `Some(403 page)` unless the form's CSRF token is right.
@@ -138,21 +153,8 @@ fn check_csrf(
     }
 }
 
-/// `Some(redirect to login)` unless the request has a session.
-fn require_session(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
-    if has_session(req, state) {
-        None
-    } else {
-        let next = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/ui");
-        Some(see_other(&format!("/ui/login?next={}", urlencode(next))))
-    }
-}
-
-fn urlencode(s: &str) -> String {
+/// Percent-encodes a value for a query string.
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
@@ -182,7 +184,7 @@ fn base_ctx(req: &HttpRequest, state: &AppState, title: &str) -> serde_json::Map
     m.insert("csrf".into(), Value::from(csrf_token(req, state)));
     m.insert(
         "logged_in".into(),
-        Value::Bool(state.api_token.is_some() && has_session(req, state)),
+        Value::Bool(state.auth.required() && has_session(req, state)),
     );
     m
 }
@@ -210,9 +212,6 @@ async fn list(
     req: HttpRequest,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(r) = require_session(&req, &state) {
-        return Ok(r);
-    }
     let store = state.store.clone();
     let all: Vec<Incident> = blocking(move || store.incidents()).await?;
     let status = query.status.clone().unwrap_or_else(|| "all".into());
@@ -367,9 +366,6 @@ async fn incident(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(r) = require_session(&req, &state) {
-        return Ok(r);
-    }
     let id = parse_id(&path)?;
     let store = state.store.clone();
     let key = id.clone();
@@ -504,9 +500,6 @@ async fn edit(
     path: web::Path<String>,
     form: web::Form<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(r) = require_session(&req, &state) {
-        return Ok(r);
-    }
     let fields = form.into_inner();
     let get = |k: &str| {
         fields
@@ -608,7 +601,7 @@ async fn login_form(
     req: HttpRequest,
     query: web::Query<LoginQuery>,
 ) -> HttpResponse {
-    if state.api_token.is_none() {
+    if !state.auth.required() {
         return see_other("/ui");
     }
     let mut ctx = base_ctx(&req, &state, "Log in");
@@ -630,10 +623,13 @@ async fn login(
     req: HttpRequest,
     form: web::Form<LoginForm>,
 ) -> HttpResponse {
-    let Some(token) = &state.api_token else {
+    if !state.auth.required() {
         return see_other("/ui");
-    };
-    if !constant_time_eq(form.token.trim(), token.expose()) {
+    }
+    if !state.auth.token_matches(&form.token) {
+        let client = client_address(&req);
+        state.auth.record_failure(client);
+        tracing::warn!(client = %client, "failed page login");
         let mut ctx = base_ctx(&req, &state, "Log in");
         ctx.insert("error".into(), Value::from("That token is not right."));
         ctx.insert(
@@ -644,14 +640,26 @@ async fn login(
         *res.status_mut() = actix_web::http::StatusCode::UNAUTHORIZED;
         return res;
     }
-    let cookie = actix_web::cookie::Cookie::build(SESSION_COOKIE, session_value(token.expose()))
-        .path("/")
-        .http_only(true)
-        .same_site(actix_web::cookie::SameSite::Strict)
-        .max_age(actix_web::cookie::time::Duration::days(30))
-        .finish();
+    let auth = state.auth.clone();
+    let session = match web::block(move || auth.start_session(chrono::Utc::now())).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "storing a page session failed");
+            return HttpResponse::ServiceUnavailable()
+                .content_type("text/plain; charset=utf-8")
+                .body("Could not start a session (storage unavailable); try again.");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "session task failed");
+            return HttpResponse::InternalServerError().body("internal error");
+        }
+    };
     HttpResponse::SeeOther()
-        .cookie(cookie)
+        .cookie(session_cookie(
+            session.cookie_value,
+            session.max_age_secs,
+            state.auth.cookie_secure(),
+        ))
         .insert_header((
             header::LOCATION,
             safe_next(form.next.as_deref().unwrap_or("/ui")).to_owned(),
@@ -671,10 +679,23 @@ async fn logout(
     if let Some(r) = check_csrf(&req, &state, csrf) {
         return r;
     }
-    let mut cookie = actix_web::cookie::Cookie::build(SESSION_COOKIE, "")
-        .path("/")
-        .http_only(true)
-        .finish();
+    if let Some(session) = session_of(&req) {
+        let auth = state.auth.clone();
+        match web::block(move || auth.end_session(&session)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "ending a page session failed");
+                return HttpResponse::ServiceUnavailable()
+                    .content_type("text/plain; charset=utf-8")
+                    .body("Could not end the session (storage unavailable); try again.");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "session task failed");
+                return HttpResponse::InternalServerError().body("internal error");
+            }
+        }
+    }
+    let mut cookie = session_cookie(String::new(), 0, state.auth.cookie_secure());
     cookie.make_removal();
     HttpResponse::SeeOther()
         .cookie(cookie)
@@ -683,9 +704,6 @@ async fn logout(
 }
 
 async fn import_form(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    if let Some(r) = require_session(&req, &state) {
-        return r;
-    }
     state.pages.page(
         "import",
         &Value::Object(base_ctx(&req, &state, "Paste a timeline")),
@@ -704,9 +722,6 @@ async fn import(
     req: HttpRequest,
     form: web::Form<ImportForm>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(r) = require_session(&req, &state) {
-        return Ok(r);
-    }
     if let Some(r) = check_csrf(&req, &state, form.csrf.as_deref()) {
         return Ok(r);
     }

@@ -421,3 +421,466 @@ async fn a_newline_in_a_payload_url_writes_no_heading_and_no_script_link() {
         "the page links to a script"
     );
 }
+
+// ---- the HTTP edge: deadlines, auth before the body, Host and Origin, sessions ----
+
+const TOKEN: &str = "edge-test-token-0123456789";
+
+/// Sends a request head and the first bytes of a body it never finishes; returns the
+/// stream so the caller can read the answer (or keep it open).
+async fn start_slow_request(app: &TestApp, head: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(b"{").await.unwrap();
+    stream
+}
+
+async fn read_status_line(stream: &mut tokio::net::TcpStream, within_secs: u64) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(within_secs),
+        stream.read(&mut buf),
+    )
+    .await
+    .expect("the server answers instead of waiting for the body")
+    .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn slow_bodies_on_import_and_patch_get_408_and_unauthenticated_ones_401_unread() {
+    let app = crate::helpers::spawn_app_with(
+        &format!("[server]\nrequest_timeout_secs = 1\n[api]\ntoken = '{TOKEN}'"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        app.post_pagerduty(&pd_v3(
+            "incident.triggered",
+            "PSLOW",
+            "01SLOW",
+            &crate::helpers::at_offset(-3)
+        ))
+        .await
+        .status(),
+        202
+    );
+    for (method, path) in [("POST", "/incidents/import"), ("PATCH", "/incidents/PSLOW")] {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+        );
+        let mut stream = start_slow_request(&app, &head).await;
+        let status = read_status_line(&mut stream, 5).await;
+        assert!(
+            status.starts_with("HTTP/1.1 408"),
+            "{method} {path}: {status}"
+        );
+        // Without the token: refused at once, before the body is read.
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+        );
+        let mut stream = start_slow_request(&app, &head).await;
+        let started = std::time::Instant::now();
+        let status = read_status_line(&mut stream, 5).await;
+        assert!(
+            status.starts_with("HTTP/1.1 401"),
+            "{method} {path}: {status}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(900),
+            "401 came before the body deadline"
+        );
+    }
+    assert_eq!(
+        app.events("PSLOW").await.len(),
+        1,
+        "nothing from the slow requests stored"
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_slow_connections_do_not_stop_healthz_or_a_signed_webhook() {
+    let app = crate::helpers::spawn_app_with(
+        &format!("[server]\nrequest_timeout_secs = 30\n[api]\ntoken = '{TOKEN}'"),
+        None,
+    )
+    .await;
+    let mut held = Vec::new();
+    for i in 0..200 {
+        let head = if i % 2 == 0 {
+            format!(
+                "POST /incidents/import HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Content-Length: 5000\r\n\r\n"
+            )
+        } else {
+            "POST /webhooks/datadog HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n"
+                .to_owned()
+        };
+        held.push(start_slow_request(&app, &head).await);
+    }
+    // Bounded waits, far under the 30 s the slow ones may take.
+    let within = std::time::Duration::from_secs(5);
+    let health = tokio::time::timeout(
+        within,
+        app.client.get(format!("{}/healthz", app.address)).send(),
+    )
+    .await
+    .expect("/healthz answers while 200 slow bodies are held")
+    .unwrap();
+    assert_eq!(health.status(), 200);
+    let body = pd_v3(
+        "incident.triggered",
+        "PHELD",
+        "01HELD",
+        &crate::helpers::at_offset(-1),
+    );
+    let res = tokio::time::timeout(within, app.post_pagerduty(&body))
+        .await
+        .expect("a signed webhook answers while 200 slow bodies are held");
+    assert_eq!(res.status(), 202);
+    drop(held);
+}
+
+#[tokio::test]
+async fn an_unknown_host_is_refused_but_probes_answer_any_host() {
+    let app = spawn_app().await;
+    let get = |path: &str, host: &str| {
+        app.client
+            .get(format!("{}{path}", app.address))
+            .header("Host", host)
+            .send()
+    };
+    let res = get("/incidents", "rebind.evil.test").await.unwrap();
+    assert_eq!(res.status(), 421);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "host_not_allowed"
+    );
+    assert_eq!(
+        get("/ui", "rebind.evil.test:8080").await.unwrap().status(),
+        421
+    );
+    for host in ["localhost:8080", "127.0.0.1", "[::1]:8080"] {
+        assert_eq!(
+            get("/incidents", host).await.unwrap().status(),
+            200,
+            "{host}"
+        );
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            get(path, "10.1.2.3:8080").await.unwrap().status(),
+            200,
+            "{path}"
+        );
+    }
+    // An operator's list replaces the default.
+    let app =
+        crate::helpers::spawn_app_with("[server]\nallowed_hosts = ['incidents.example.com']", None)
+            .await;
+    let res = app
+        .client
+        .get(format!("{}/incidents", app.address))
+        .header("Host", "incidents.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .client
+        .get(format!("{}/incidents", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 421, "127.0.0.1 is not in the operator's list");
+}
+
+#[tokio::test]
+async fn cross_site_requests_are_refused_and_store_nothing_while_providers_still_get_in() {
+    let app = spawn_app().await;
+    let dd =
+        serde_json::to_vec(&json!({"id": "x-site", "title": "[Triggered] cross-site"})).unwrap();
+    type Case = (&'static str, Vec<u8>, Vec<(&'static str, String)>);
+    let cases: Vec<Case> = vec![
+        (
+            "/incidents/import",
+            b"09:00 UTC [Slack] forged".to_vec(),
+            vec![
+                ("Origin", "https://evil.test".into()),
+                ("Content-Type", "text/plain".into()),
+            ],
+        ),
+        (
+            "/webhooks/datadog",
+            dd.clone(),
+            vec![
+                ("Origin", "https://evil.test".into()),
+                ("X-IncidentPost-Token", crate::helpers::DD_TOKEN.into()),
+            ],
+        ),
+        (
+            "/webhooks/datadog",
+            dd.clone(),
+            vec![
+                ("Sec-Fetch-Site", "cross-site".into()),
+                ("X-IncidentPost-Token", crate::helpers::DD_TOKEN.into()),
+            ],
+        ),
+        (
+            "/incidents/import",
+            b"09:00 UTC [Slack] forged".to_vec(),
+            vec![("Origin", "null".into())],
+        ),
+    ];
+    for (path, body, headers) in cases {
+        let mut req = app.client.post(format!("{}{path}", app.address)).body(body);
+        for (k, v) in &headers {
+            req = req.header(*k, v);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 403, "{path} {headers:?}");
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["error"]["code"],
+            "cross_site_request"
+        );
+    }
+    assert!(app.incidents().await.is_empty());
+    assert!(app.unattached().await.is_empty());
+    // The provider: no Origin, no Sec-Fetch-Site.
+    assert_eq!(app.post_datadog(&dd).await.status(), 202);
+    // The service's own pages post with their own origin.
+    let res = app
+        .client
+        .post(format!("{}/incidents/import", app.address))
+        .header("Origin", app.address.clone())
+        .header("Sec-Fetch-Site", "same-origin")
+        .body("09:00 UTC [Slack] from our own page")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sessions_are_random_end_at_logout_and_expire() {
+    let app = crate::helpers::spawn_app_with(&format!("[api]\ntoken = '{TOKEN}'"), None).await;
+    let client = no_redirects();
+    let first = crate::helpers::login_cookie(&app, TOKEN).await;
+    let second = crate::helpers::login_cookie(&app, TOKEN).await;
+    assert_ne!(first, second, "two logins get two sessions");
+    let value = first.split_once('=').unwrap().1.to_owned();
+    assert_eq!(value.len(), 64);
+    assert!(!value.contains(TOKEN));
+    let page = |cookie: String| {
+        let client = client.clone();
+        let url = format!("{}/ui", app.address);
+        async move {
+            client
+                .get(url)
+                .header("Cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let res = page(first.clone()).await;
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the page carries a CSRF token")
+        .to_owned();
+
+    // Logout ends the session on the server: the old cookie is refused afterwards.
+    let res = client
+        .post(format!("{}/ui/logout", app.address))
+        .header("Cookie", &first)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert!(res.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    let res = page(first.clone()).await;
+    assert_eq!(res.status(), 303, "the logged-out cookie is refused");
+    assert!(res.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/ui/login"));
+    let res = client
+        .get(format!("{}/incidents", app.address))
+        .header("Cookie", &first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        page(second.clone()).await.status(),
+        200,
+        "the other session lives on"
+    );
+
+    // A session past its expiry is refused; the same one in the future is taken.
+    let cookie_value = "ab".repeat(32);
+    let key = incidentpost::sources::signature::sha256_hex(cookie_value.as_bytes());
+    let cookie = format!("{}={cookie_value}", incidentpost::web::SESSION_COOKIE);
+    app.store
+        .put_session(&key, chrono::Utc::now() - chrono::Duration::minutes(1))
+        .unwrap();
+    assert_eq!(page(cookie.clone()).await.status(), 303, "expired");
+    app.store
+        .put_session(&key, chrono::Utc::now() + chrono::Duration::minutes(5))
+        .unwrap();
+    assert_eq!(page(cookie.clone()).await.status(), 200, "unexpired");
+    // A session cookie no longer derived from the token: the old scheme's value is nothing.
+    let old = incidentpost::sources::signature::hmac_sha256_hex(
+        TOKEN.as_bytes(),
+        &[b"incidentpost-ui-session-v1"],
+    );
+    let res = page(format!("{}={old}", incidentpost::web::SESSION_COOKIE)).await;
+    assert_eq!(res.status(), 303);
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_behind_https_and_lasts_the_configured_hours() {
+    let app = crate::helpers::spawn_app_with(
+        &format!(
+            "[server]\npublic_url = 'https://incidents.example.com'\nallowed_hosts = ['127.0.0.1']\n\
+             [api]\ntoken = '{TOKEN}'\nsession_ttl_hours = 2"
+        ),
+        None,
+    )
+    .await;
+    let res = no_redirects()
+        .post(format!("{}/ui/login", app.address))
+        .form(&[("token", TOKEN), ("next", "/ui\r\nSet-Cookie: x=y")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(
+        res.headers()["location"],
+        "/ui",
+        "a bad next falls back to /ui"
+    );
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    for part in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Secure",
+        "Max-Age=7200",
+        "Path=/",
+    ] {
+        assert!(cookie.contains(part), "{part} missing in {cookie}");
+    }
+}
+
+#[tokio::test]
+async fn failed_tokens_and_logins_are_limited_per_client_address() {
+    let app = crate::helpers::spawn_app_with(&format!("[api]\ntoken = '{TOKEN}'"), None).await;
+    let get = |token: &'static str| {
+        app.client
+            .get(format!("{}/incidents", app.address))
+            .bearer_auth(token)
+            .send()
+    };
+    for i in 0..10 {
+        assert_eq!(get("wrong-guess").await.unwrap().status(), 401, "guess {i}");
+    }
+    let res = get("wrong-guess").await.unwrap();
+    assert_eq!(res.status(), 429);
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Locked out: even the right token is not tried, so a lockout tells a guesser nothing.
+    assert_eq!(get(TOKEN).await.unwrap().status(), 429);
+    let res = no_redirects()
+        .post(format!("{}/ui/login", app.address))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    // Webhooks are not behind the API's limit.
+    let body = pd_v3(
+        "incident.triggered",
+        "PLIMIT",
+        "01LIMIT",
+        &crate::helpers::at_offset(-1),
+    );
+    assert_eq!(app.post_pagerduty(&body).await.status(), 202);
+}
+
+#[tokio::test]
+async fn errors_are_json_on_every_route_and_pack_files_carry_a_policy() {
+    let app = spawn_app().await;
+    let big = vec![b'a'; 2 << 20];
+    let res = app
+        .client
+        .post(format!("{}/incidents/import", app.address))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "payload_too_large"
+    );
+    let res = app
+        .client
+        .patch(format!("{}/incidents/PX", app.address))
+        .header("Content-Type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "payload_too_large"
+    );
+
+    let body = pd_v3(
+        "incident.triggered",
+        "PCSP",
+        "01CSP",
+        &crate::helpers::at_offset(-1),
+    );
+    assert_eq!(app.post_pagerduty(&body).await.status(), 202);
+    for file in ["timeline.svg", "postmortem.md", "hn-post.txt", "pack.zip"] {
+        let res = app.get(&format!("/incidents/PCSP/{file}")).await;
+        assert_eq!(res.status(), 200, "{file}");
+        let h = res.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{file}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("sandbox"),
+            "{file}: {csp}"
+        );
+    }
+}

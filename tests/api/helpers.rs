@@ -337,6 +337,22 @@ impl Store for FaultyStore {
     fn check(&self) -> Result<(), StoreError> {
         self.inner.check()
     }
+    fn put_session(
+        &self,
+        key: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.put_session(key, expires_at)
+    }
+    fn session(&self, key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        self.inner.session(key)
+    }
+    fn delete_session(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete_session(key)
+    }
+    fn prune_sessions(&self, now: chrono::DateTime<chrono::Utc>) -> Result<usize, StoreError> {
+        self.inner.prune_sessions(now)
+    }
     fn put_pack(
         &self,
         id: &incidentpost::domain::IncidentId,
@@ -513,4 +529,21 @@ pub async fn wait_ready(client: &reqwest::Client, server: &Server) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("server at {} did not become ready", server.address);
+}
+
+/// Logs in on the pages with `token`; returns the `Cookie` header value of the session.
+pub async fn login_cookie(app: &TestApp, token: &str) -> String {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = client
+        .post(format!("{}/ui/login", app.address))
+        .form(&[("token", token), ("next", "/ui")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303, "login with the right token");
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_owned()
 }

@@ -185,7 +185,7 @@ async fn a_body_that_trickles_in_is_cut_off_with_408() {
     let addr = app.address.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     stream
-        .write_all(b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"event\":")
+        .write_all(b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"event\":")
         .await
         .unwrap();
     let started = std::time::Instant::now();

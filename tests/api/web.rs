@@ -147,11 +147,7 @@ async fn the_session_cookie_does_not_authorize_state_changing_api_calls() {
     let app = spawn_app_with("[api]\ntoken = 'ui-token'", None).await;
     app.post_pagerduty(&pd_v3("incident.triggered", "PC", "E1", &at_offset(-5)))
         .await;
-    let session = format!(
-        "{}={}",
-        incidentpost::web::SESSION_COOKIE,
-        incidentpost::web::session_value("ui-token")
-    );
+    let session = login_cookie(&app, "ui-token").await;
     let patch = app
         .client
         .patch(format!("{}/incidents/PC", app.address))
