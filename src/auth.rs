@@ -113,6 +113,29 @@ impl Auth {
         Ok(())
     }
 
+    /// Ends every session when `api.token` changed since the last start (rotating a
+    /// leaked token must log out whoever logged in with it). Returns how many ended.
+    pub fn end_sessions_of_an_old_token(&self) -> Result<usize, StoreError> {
+        const KEY: &str = "auth:token_fingerprint";
+        let fingerprint = self
+            .token
+            .as_ref()
+            .map(|t| {
+                hmac_sha256_hex(
+                    t.expose().as_bytes(),
+                    &[b"incidentpost-token-fingerprint-v1"],
+                )
+            })
+            .unwrap_or_default();
+        if self.store.cursor(KEY)?.as_deref() == Some(fingerprint.as_str()) {
+            return Ok(0);
+        }
+        let ended = self.store.prune_sessions(DateTime::<Utc>::MAX_UTC)?;
+        self.store.put_cache(KEY, &fingerprint)?;
+        self.store.flush()?;
+        Ok(ended)
+    }
+
     /// Forgets expired sessions.
     pub fn prune(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         self.store.prune_sessions(now)

@@ -127,6 +127,11 @@ impl Application {
         );
 
         let auth = Arc::new(crate::auth::Auth::new(&settings, store.clone()));
+        match auth.end_sessions_of_an_old_token() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(ended = n, "api.token changed: page sessions ended"),
+            Err(e) => return Err(e).context("ending the page sessions of the previous api.token"),
+        }
         let state = web::Data::new(AppState {
             store: store.clone(),
             ingest: ingest.clone(),

@@ -28,8 +28,46 @@ fn id_param() -> Value {
     json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}})
 }
 
-/// The document.
+/// The document, with the answers the edge (`api::edge`) may give on any route added.
 pub fn document() -> Value {
+    let mut doc = routes();
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return doc;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let secured = op
+                .get("security")
+                .is_none_or(|s| s.as_array().is_none_or(|a| !a.is_empty()));
+            let Some(responses) = op["responses"].as_object_mut() else {
+                continue;
+            };
+            // Probes and metrics answer any Host (see api::edge).
+            let mut codes = if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+                vec![]
+            } else {
+                vec!["421"]
+            };
+            if method != "get" {
+                codes.extend(["403", "408", "413"]);
+            }
+            if secured && !path.starts_with("/webhooks/") {
+                codes.extend(["401", "429"]);
+            }
+            if let Value::Object(extra) = error_responses(&codes) {
+                for (code, body) in extra {
+                    responses.entry(code).or_insert(body);
+                }
+            }
+        }
+    }
+    doc
+}
+
+fn routes() -> Value {
     let ok_json = |desc: &str| json!({"200": {"description": desc, "content": {"application/json": {"schema": {"type": "object"}}}}});
     json!({
         "openapi": "3.0.3",

@@ -135,8 +135,14 @@ fn text_of(e: &Event) -> String {
         .unwrap_or_else(|| e.title.clone())
 }
 
+/// The annotation of a kind that counts: the one received last. Not the latest
+/// `occurred_at`: a sender may date an event up to a day ahead, and it must not outrank
+/// a later edit ("the last one wins").
 fn last_annotation(events: &[Event], kind: EventKind) -> Option<&Event> {
-    events.iter().rev().find(|e| e.kind == kind)
+    events
+        .iter()
+        .filter(|e| e.kind == kind)
+        .max_by_key(|e| (e.received_at, e.id))
 }
 
 /// Classifies a measurement by what its line talks about.
@@ -499,14 +505,19 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts
         },
     };
 
-    // An edit through the API replaces a whole list: only it and later entries count.
+    // An edit through the API replaces a whole list: only it and entries received after
+    // it count.
     let replaced_from = |kind: EventKind| {
         events
             .iter()
-            .rposition(|e| {
+            .filter(|e| {
                 e.kind == kind && e.attrs.get("replace").and_then(Value::as_bool) == Some(true)
             })
-            .unwrap_or(0)
+            .map(|e| (e.received_at, e.id))
+            .max()
+    };
+    let superseded = |e: &Event, from: Option<(DateTime<Utc>, Ulid)>| {
+        from.is_some_and(|f| (e.received_at, e.id) < f)
     };
     let list_items = |e: &Event| -> Option<Vec<(String, Option<String>)>> {
         let items = e.attrs.get("items")?.as_array()?;
@@ -528,8 +539,8 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts
     };
     let mitigation_from = replaced_from(EventKind::AnnotationMitigation);
     let mut mitigations: Vec<Item> = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        if e.kind == EventKind::AnnotationMitigation && i < mitigation_from {
+    for e in &events {
+        if e.kind == EventKind::AnnotationMitigation && superseded(e, mitigation_from) {
             continue;
         }
         if let (EventKind::AnnotationMitigation, Some(items)) = (e.kind, list_items(e)) {
@@ -562,8 +573,8 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts
     let action_from = replaced_from(EventKind::AnnotationActionItem);
     let mut action_items: Vec<Item> = Vec::new();
     let mut entries: Vec<(String, String, Ulid)> = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        if e.kind != EventKind::AnnotationActionItem || i < action_from {
+    for e in &events {
+        if e.kind != EventKind::AnnotationActionItem || superseded(e, action_from) {
             continue;
         }
         match list_items(e) {

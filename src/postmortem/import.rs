@@ -191,8 +191,40 @@ fn stable_id(digest: &[u8], n: usize, at: DateTime<Utc>) -> Ulid {
     Ulid::from_parts(u64::try_from(at.timestamp_millis()).unwrap_or(0), random)
 }
 
-/// Reads a pasted timeline. `date` is used when the text has no date header.
+/// Reads a pasted timeline. `date` is used when the text has no date header. A timeline
+/// with no date at all is placed on the latest day that puts none of its times in the
+/// future (a 23:10 line pasted at 08:00 happened yesterday).
 pub fn parse(
+    text: &str,
+    date: Option<NaiveDate>,
+    id: Option<IncidentId>,
+) -> Result<Imported, ImportError> {
+    let imported = parse_on(text, date, id.clone())?;
+    let undated = date.is_none()
+        && !text
+            .lines()
+            .any(|l| parse_date_header(clean_line(l)).is_some());
+    if undated {
+        let now = Utc::now();
+        if let Some(latest) = imported
+            .events
+            .iter()
+            .map(|e| e.occurred_at)
+            .filter(|at| *at > now)
+            .max()
+        {
+            let days = (latest - now).num_days() + 1;
+            return parse_on(text, Some(now.date_naive() - Duration::days(days)), id);
+        }
+    }
+    Ok(imported)
+}
+
+fn clean_line(raw: &str) -> &str {
+    raw.trim().trim_start_matches(['-', '*', '•']).trim()
+}
+
+fn parse_on(
     text: &str,
     date: Option<NaiveDate>,
     id: Option<IncidentId>,
@@ -215,7 +247,7 @@ pub fn parse(
 
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
-        let line = raw.trim().trim_start_matches(['-', '*', '•']).trim();
+        let line = clean_line(raw);
         if line.is_empty() || line.starts_with("```") {
             continue;
         }

@@ -101,3 +101,61 @@ fn check_config_never_prints_secrets() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cr3t-token"));
 }
+
+#[test]
+fn a_public_address_refuses_a_weak_token_and_repeated_secrets_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let strong = [
+        ("INCIDENTPOST__SERVER__HOST", "0.0.0.0"),
+        (
+            "INCIDENTPOST__SERVER__PUBLIC_URL",
+            "https://incidents.example.com",
+        ),
+        (
+            "INCIDENTPOST__SOURCES__PAGERDUTY__SECRET",
+            "pd-secret-value",
+        ),
+        ("INCIDENTPOST__SOURCES__GITHUB__SECRET", "gh-secret-value"),
+        (
+            "INCIDENTPOST__SOURCES__SLACK__SIGNING_SECRET",
+            "slack-secret-value",
+        ),
+        ("INCIDENTPOST__SOURCES__DATADOG__TOKEN", "dd-token-value"),
+        ("INCIDENTPOST__SOURCES__CLOUDWATCH__ENABLED", "false"),
+        ("INCIDENTPOST__API__TOKEN", "a-long-enough-api-token"),
+    ];
+    let out = check_config(&[], &strong, dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (key, value, named) in [
+        ("INCIDENTPOST__API__TOKEN", "x", "api.token"),
+        (
+            "INCIDENTPOST__API__TOKEN",
+            "                    ",
+            "api.token",
+        ),
+        (
+            "INCIDENTPOST__SOURCES__GITHUB__SECRET",
+            "pd-secret-value",
+            "sources.github.secret",
+        ),
+        (
+            "INCIDENTPOST__SERVER__PUBLIC_URL",
+            "",
+            "server.allowed_hosts",
+        ),
+    ] {
+        let env: Vec<(&str, &str)> = strong
+            .iter()
+            .map(|(k, v)| if *k == key { (*k, value) } else { (*k, *v) })
+            .collect();
+        let out = check_config(&[], &env, dir.path());
+        assert_eq!(out.status.code(), Some(2), "{key}={value:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(named), "{key}={value:?}: {stderr}");
+    }
+}

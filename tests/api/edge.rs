@@ -884,3 +884,144 @@ async fn errors_are_json_on_every_route_and_pack_files_carry_a_policy() {
         );
     }
 }
+
+// ---- time sanity ----
+
+fn root_cause_section(md: &str) -> String {
+    let start = md.find("## Root Cause\n").expect("a Root Cause section");
+    md[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn an_annotation_dated_in_the_future_does_not_outrank_a_later_edit() {
+    let app = spawn_app().await;
+    let trigger = pd_v3(
+        "incident.triggered",
+        "PFUTURE",
+        "01FUTURE",
+        &crate::helpers::at_offset(-10),
+    );
+    assert_eq!(app.post_pagerduty(&trigger).await.status(), 202);
+    // A chat annotation whose ts is 20 hours ahead (inside the one-day tolerance).
+    let ts = format!("{}.000100", chrono::Utc::now().timestamp() + 20 * 3600);
+    let mut v: Value = serde_json::from_slice(&slack_message(
+        "Ev0FUTURE",
+        "C0FUTURE",
+        &ts,
+        "root cause: the clock of a future message https://acme.pagerduty.com/incidents/PFUTURE",
+    ))
+    .unwrap();
+    v["event"]["text"] =
+        "root cause: the clock of a future message https://acme.pagerduty.com/incidents/PFUTURE"
+            .into();
+    let res = app.post_slack(&serde_json::to_vec(&v).unwrap()).await;
+    assert_eq!(res.status(), 202);
+    let md = app
+        .get("/incidents/PFUTURE/postmortem.md")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        root_cause_section(&md).contains("future message"),
+        "the annotation counts first:\n{md}"
+    );
+
+    let res = app
+        .client
+        .patch(format!("{}/incidents/PFUTURE", app.address))
+        .json(&json!({"root_cause": "the edit made afterwards"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let md = app
+        .get("/incidents/PFUTURE/postmortem.md")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let root = root_cause_section(&md);
+    assert!(
+        root.contains("the edit made afterwards"),
+        "the later edit wins:\n{root}"
+    );
+    assert!(!root.contains("future message"), "{root}");
+}
+
+#[tokio::test]
+async fn an_undated_imported_timeline_never_lands_in_the_future() {
+    let app = spawn_app().await;
+    let now = chrono::Utc::now();
+    // Clock times from two hours ago to two hours ahead: pasted without a date, the whole
+    // timeline is placed on the latest day that keeps every line in the past.
+    let line = |offset_mins: i64, text: &str| {
+        format!(
+            "{} UTC [PagerDuty] {text}",
+            (now + chrono::Duration::minutes(offset_mins)).format("%H:%M")
+        )
+    };
+    let text = [
+        line(-120, "CRITICAL: checkout errors"),
+        line(-60, "Acknowledged by @sarah"),
+        line(120, "Resolved"),
+    ]
+    .join("\n");
+    let res = app
+        .client
+        .post(format!("{}/incidents/import", app.address))
+        .body(text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["incident_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let events = app.events(&id).await;
+    assert!(!events.is_empty());
+    for e in &events {
+        let at: chrono::DateTime<chrono::Utc> = e["occurred_at"].as_str().unwrap().parse().unwrap();
+        assert!(
+            at <= chrono::Utc::now(),
+            "{} is in the future",
+            e["occurred_at"]
+        );
+    }
+    // Order kept: the first line is still first, the resolve last.
+    let times: Vec<&str> = events
+        .iter()
+        .map(|e| e["occurred_at"].as_str().unwrap())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted);
+}
+
+#[tokio::test]
+async fn rotating_the_api_token_ends_the_page_sessions() {
+    let app = crate::helpers::spawn_app_with(&format!("[api]\ntoken = '{TOKEN}'"), None).await;
+    let cookie = crate::helpers::login_cookie(&app, TOKEN).await;
+    let dir = app.stop().await;
+    // A restart with the same token keeps the session...
+    let app = crate::helpers::spawn_app_with(&format!("[api]\ntoken = '{TOKEN}'"), Some(dir)).await;
+    let page = |app: &TestApp| {
+        no_redirects()
+            .get(format!("{}/ui", app.address))
+            .header("Cookie", cookie.clone())
+            .send()
+    };
+    assert_eq!(page(&app).await.unwrap().status(), 200);
+    let dir = app.stop().await;
+    // ...a new token ends it.
+    let app =
+        crate::helpers::spawn_app_with("[api]\ntoken = 'the-rotated-token-9876543210'", Some(dir))
+            .await;
+    assert_eq!(page(&app).await.unwrap().status(), 303);
+}
