@@ -190,6 +190,8 @@ pub struct StorageSettings {
     pub max_batch: usize,
     pub queue_depth: usize,
     pub delivery_retention_days: u32,
+    /// Unattached events (and their raw payloads) older than this are pruned.
+    pub stream_retention_days: u32,
 }
 
 /// Log output format.
@@ -358,6 +360,14 @@ impl Settings {
         Some(hosts)
     }
 
+    /// `scheme://host[:port]` of `server.public_url`, lower-case, if set.
+    pub fn public_origin(&self) -> Option<String> {
+        let url = crate::domain::clean_url(self.server.public_url.trim())?;
+        let (scheme, rest) = url.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        Some(format!("{}://{}", scheme, authority).to_ascii_lowercase())
+    }
+
     /// True when the session cookie must carry `Secure`.
     pub fn cookie_secure(&self) -> bool {
         self.api.cookie_secure
@@ -479,6 +489,12 @@ impl Settings {
             return Err(invalid(
                 "storage.delivery_retention_days",
                 "must be at least 1 (providers retry for up to 48 hours)",
+            ));
+        }
+        if !(1..=3650).contains(&self.storage.stream_retention_days) {
+            return Err(invalid(
+                "storage.stream_retention_days",
+                "must be between 1 and 3650",
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

@@ -9,6 +9,7 @@
 //! committed but whose flush kept failing is kept: the retry is then a duplicate.)
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -18,12 +19,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
-use crate::correlate::Correlator;
+use crate::correlate::{Correlator, IncidentIndex};
 use crate::domain::{
     CorrelationRule, Event, EventKind, Incident, IncidentId, IncidentStatus, Source,
     KEY_INCIDENT_REF, KEY_PAGERDUTY_INCIDENT, LINK_KEYS,
 };
-use crate::store::{DeliveryRecord, Store, StoreError, WriteTx};
+use crate::store::{DeliveryRecord, Store, StoreError, StreamPart, WriteTx};
 
 /// One webhook delivery (or poll result) ready to store.
 #[derive(Debug, Clone)]
@@ -103,6 +104,8 @@ struct Pending {
 pub struct Ingest {
     queue: mpsc::Sender<Pending>,
     changes: broadcast::Sender<LifecycleChange>,
+    /// Open incidents, as the committer's index counts them.
+    open: Arc<AtomicUsize>,
 }
 
 /// The running committer task.
@@ -122,25 +125,44 @@ impl Committer {
 }
 
 impl Ingest {
-    /// Starts the committer on the current tokio runtime.
+    /// Builds the correlation index from the store and starts the committer on the
+    /// current tokio runtime.
     pub fn start(
         store: Arc<dyn Store>,
         correlator: Arc<Correlator>,
         max_batch: usize,
         queue_depth: usize,
-    ) -> (Ingest, Committer) {
+    ) -> Result<(Ingest, Committer), StoreError> {
+        let index = IncidentIndex::load(&correlator, store.as_ref(), Utc::now())?;
+        let open = Arc::new(AtomicUsize::new(index.open_count()));
         let (queue, rx) = mpsc::channel(queue_depth);
         let (changes, _) = broadcast::channel(1024);
         let cancel = CancellationToken::new();
         let join = tokio::spawn(run_committer(
-            store,
-            correlator,
+            Committing {
+                store,
+                correlator,
+                index: Arc::new(std::sync::Mutex::new(index)),
+                open: open.clone(),
+            },
             rx,
             max_batch.max(1),
             changes.clone(),
             cancel.clone(),
         ));
-        (Ingest { queue, changes }, Committer { join, cancel })
+        Ok((
+            Ingest {
+                queue,
+                changes,
+                open,
+            },
+            Committer { join, cancel },
+        ))
+    }
+
+    /// How many incidents are open (from the committer's index: no store read).
+    pub fn open_incidents(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Stores a submission; returns once it is flushed (or known to be a duplicate).
@@ -171,14 +193,33 @@ impl Ingest {
     }
 }
 
-async fn run_committer(
+/// What the committer works with. The index is behind a mutex only so the blocking
+/// thread of each batch can borrow it; the committer is its only user.
+#[derive(Clone)]
+struct Committing {
     store: Arc<dyn Store>,
     correlator: Arc<Correlator>,
+    index: Arc<std::sync::Mutex<IncidentIndex>>,
+    open: Arc<AtomicUsize>,
+}
+
+async fn run_committer(
+    c: Committing,
     mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
     changes: broadcast::Sender<LifecycleChange>,
     cancel: CancellationToken,
 ) {
+    // Pull-ins a crash interrupted are finished before anything new is applied.
+    let resume = c.clone();
+    match tokio::task::spawn_blocking(move || resume_pull_ins(&resume)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(incidents = n, "finished interrupted look-back pull-ins"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "resuming pull-ins failed; retried at the next trigger")
+        }
+        Err(e) => tracing::error!(error = %e, "pull-in task failed"),
+    }
     let mut buf = Vec::with_capacity(max_batch);
     loop {
         let n = tokio::select! {
@@ -188,7 +229,7 @@ async fn run_committer(
                 // Refuse new work, then commit everything already queued.
                 rx.close();
                 while rx.recv_many(&mut buf, max_batch).await > 0 {
-                    commit_batch(&store, &correlator, std::mem::take(&mut buf), &changes).await;
+                    commit_batch(&c, std::mem::take(&mut buf), &changes).await;
                 }
                 break;
             }
@@ -196,8 +237,9 @@ async fn run_committer(
         if n == 0 {
             break;
         }
-        commit_batch(&store, &correlator, std::mem::take(&mut buf), &changes).await;
+        commit_batch(&c, std::mem::take(&mut buf), &changes).await;
     }
+    let store = c.store.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || store.flush()).await {
         tracing::error!(error = %e, "final flush task failed");
     }
@@ -205,32 +247,48 @@ async fn run_committer(
 }
 
 async fn commit_batch(
-    store: &Arc<dyn Store>,
-    correlator: &Arc<Correlator>,
+    c: &Committing,
     batch: Vec<Pending>,
     changes: &broadcast::Sender<LifecycleChange>,
 ) {
     let (submissions, replies): (Vec<Submission>, Vec<_>) =
         batch.into_iter().map(|p| (p.submission, p.reply)).unzip();
-    let store = Arc::clone(store);
-    let correlator = Arc::clone(correlator);
     let started = std::time::Instant::now();
     let size = submissions.len();
+    let work = c.clone();
     let result = tokio::task::spawn_blocking(move || {
-        apply_submissions(store.as_ref(), &correlator, &submissions, Utc::now())
+        let now = Utc::now();
+        let mut index = work.index.lock().unwrap_or_else(|p| p.into_inner());
+        let applied = apply_submissions(
+            work.store.as_ref(),
+            &work.correlator,
+            &mut index,
+            &submissions,
+            now,
+        )?;
+        work.open.store(index.open_count(), Ordering::Relaxed);
+        drop(index);
+        // The look-back of incidents this unit opened: the trigger is durable already; a
+        // failed pull-in keeps its marker and is retried at the next start.
+        for id in &applied.opened {
+            if let Err(e) = pull_in(&work, id, now) {
+                tracing::error!(incident = %id, error = %e, "look-back pull-in failed; retried at the next start");
+            }
+        }
+        Ok::<_, StoreError>(applied)
     })
     .await;
     metrics::histogram!("incidentpost_commit_duration_seconds").record(started.elapsed());
     metrics::histogram!("incidentpost_commit_batch_size").record(size as f64);
     match result {
         Ok(Ok(applied)) => {
+            for (reply, receipt) in replies.into_iter().zip(applied.receipts) {
+                let _ = reply.send(Ok(receipt));
+            }
             for change in applied.changes {
                 tracing::info!(incident = %change.incident_id, change = ?change.change, "incident lifecycle");
                 // No receiver is fine: nobody is waiting for renders yet.
                 let _ = changes.send(change);
-            }
-            for (reply, receipt) in replies.into_iter().zip(applied.receipts) {
-                let _ = reply.send(Ok(receipt));
             }
         }
         Ok(Err(e)) => {
@@ -249,6 +307,115 @@ async fn commit_batch(
     }
 }
 
+/// The cursor that marks an incident whose look-back pull-in is not finished.
+fn pull_in_marker(id: &IncidentId) -> String {
+    format!("{PULL_IN_PREFIX}{id}")
+}
+
+const PULL_IN_PREFIX: &str = "pullin:";
+
+/// Stream events read per chunk of a pull-in (and moved per unit).
+const PULL_IN_CHUNK: usize = 512;
+
+fn resume_pull_ins(c: &Committing) -> Result<usize, StoreError> {
+    let pending = c.store.cursors_with_prefix(PULL_IN_PREFIX)?;
+    let now = Utc::now();
+    for (key, _) in &pending {
+        if let Ok(id) = IncidentId::parse(&key[PULL_IN_PREFIX.len()..]) {
+            pull_in(c, &id, now)?;
+        }
+    }
+    Ok(pending.len())
+}
+
+/// Pulls into a newly opened incident the unattached events that name it, the change
+/// events of the long look-back and the other events of the short one (with a service
+/// map, only its service's). Reads the stream's time index in bounded chunks and moves
+/// each chunk in one unit; the cost is the window's, never the stream's.
+fn pull_in(c: &Committing, id: &IncidentId, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    let store = c.store.as_ref();
+    let correlator = &c.correlator;
+    let marker = pull_in_marker(id);
+    let Some(incident) = store.incident(id)? else {
+        store.write(&mut |tx| tx.remove_cursor(&marker))?;
+        return Ok(0);
+    };
+    let triggered = incident.triggered_at;
+    let start = |d: chrono::Duration| {
+        triggered
+            .checked_sub_signed(d)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    };
+    let in_window = |e: &Event| {
+        e.occurred_at >= start(correlator.lookback_for(e))
+            && e.occurred_at <= now
+            && (!correlator.has_map() || correlator.service_of(e) == incident.service)
+    };
+    enum Pass {
+        Naming,
+        Window(StreamPart, DateTime<Utc>),
+    }
+    let passes = [
+        Pass::Naming,
+        Pass::Window(
+            StreamPart::Changes,
+            start(correlator.change_lookback.max(correlator.lookback)),
+        ),
+        Pass::Window(StreamPart::All, start(correlator.lookback)),
+    ];
+    let mut moved = 0;
+    for pass in passes {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = match &pass {
+                Pass::Naming => store.stream_naming(id, after.as_deref(), PULL_IN_CHUNK)?,
+                Pass::Window(part, from) => {
+                    store.stream_window(*part, *from, now, after.as_deref(), PULL_IN_CHUNK)?
+                }
+            };
+            let Some((last, _)) = chunk.last() else { break };
+            after = Some(last.clone());
+            let full = chunk.len() == PULL_IN_CHUNK;
+            let take: Vec<Ulid> = chunk
+                .into_iter()
+                .filter(|(_, e)| matches!(pass, Pass::Naming) || in_window(e))
+                .map(|(_, e)| e.id)
+                .collect();
+            if !take.is_empty() {
+                let mut n = 0;
+                store.write(&mut |tx| {
+                    n = 0;
+                    let Some(mut incident) = tx.incident(id)? else {
+                        return Ok(());
+                    };
+                    for event_id in &take {
+                        if let Some(mut event) = tx.remove_stream_event(*event_id)? {
+                            append(
+                                tx,
+                                &mut incident,
+                                &mut event,
+                                CorrelationRule::LookBack,
+                                now,
+                            )?;
+                            n += 1;
+                        }
+                    }
+                    tx.put_incident(&incident)
+                })?;
+                moved += n;
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    store.write(&mut |tx| tx.remove_cursor(&marker))?;
+    if moved > 0 {
+        tracing::info!(incident = %id, events = moved, "pulled in from the look-back window");
+    }
+    Ok(moved)
+}
+
 /// What one committed unit produced.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -256,52 +423,31 @@ pub struct Applied {
     pub receipts: Vec<Receipt>,
     /// Lifecycle transitions, in order.
     pub changes: Vec<LifecycleChange>,
+    /// Incidents PagerDuty opened in this unit: their look-back pull-in follows.
+    pub opened: Vec<IncidentId>,
 }
 
-/// Applies submissions in one atomic, flushed unit. Public for the offline tools (import).
+/// Applies submissions in one atomic, flushed unit, correlating over `index` (which is
+/// left as the unit wrote it, or as it was when the unit fails).
 pub fn apply_submissions(
     store: &dyn Store,
     correlator: &Correlator,
+    index: &mut IncidentIndex,
     submissions: &[Submission],
     now: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
-    // Pull-in on open needs a range read of the stream, which cannot happen inside the
-    // unit; the committer is the only writer, so a snapshot taken now stays exact (this
-    // unit's own stream writes are tracked in `Unit::streamed`).
-    let may_open = submissions
-        .iter()
-        .flat_map(|s| &s.events)
-        .any(|e| e.source == Source::Pagerduty);
-    let snapshot = if may_open {
-        let widest = correlator.lookback.max(correlator.change_lookback);
-        let earliest = submissions
-            .iter()
-            .flat_map(|s| &s.events)
-            .map(|e| e.occurred_at)
-            .min()
-            .unwrap_or(now)
-            .min(now);
-        // The stream is keyed by arrival; an event arrives after it occurs (an hour of
-        // clock skew allowed), so nothing older can fall inside a look-back window.
-        let since = earliest
-            .checked_sub_signed(widest + chrono::Duration::hours(1))
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        store.stream_since(since)?
-    } else {
-        Vec::new()
-    };
     let mut applied = Applied::default();
-    store.write(&mut |tx| {
+    let result = store.write(&mut |tx| {
         // The unit may be retried by the engine: start from scratch each time.
         applied = Applied::default();
+        index.rollback();
         let mut unit = Unit {
             correlator,
             now,
-            snapshot: &snapshot,
-            streamed: Vec::new(),
-            pulled: HashSet::new(),
+            index: &mut *index,
             placed: std::collections::HashMap::new(),
             changes: Vec::new(),
+            opened: Vec::new(),
         };
         let mut seen_in_batch: HashSet<&str> = HashSet::new();
         for sub in submissions {
@@ -323,7 +469,7 @@ pub fn apply_submissions(
                     record.event_count = 0;
                     record.next_seq = 0;
                     record.updated_at = now;
-                    tx.put_incident(&record)?;
+                    save(tx, &mut unit, &record)?;
                     unit.change(&record.id, Change::Opened);
                     if !record.status.is_open() {
                         unit.change(&record.id, Change::Resolved);
@@ -361,9 +507,26 @@ pub fn apply_submissions(
             });
         }
         applied.changes = unit.changes;
+        applied.opened = unit.opened;
         Ok(())
-    })?;
-    Ok(applied)
+    });
+    match result {
+        Ok(()) => {
+            index.commit(now);
+            Ok(applied)
+        }
+        Err(e) => {
+            index.rollback();
+            Err(e)
+        }
+    }
+}
+
+/// Stores an incident record and keeps the correlation index in step with it.
+fn save(tx: &mut dyn WriteTx, unit: &mut Unit<'_>, incident: &Incident) -> Result<(), StoreError> {
+    tx.put_incident(incident)?;
+    unit.index.upsert(incident);
+    Ok(())
 }
 
 fn find_duplicate(
@@ -391,12 +554,10 @@ fn find_duplicate(
 struct Unit<'a> {
     correlator: &'a Correlator,
     now: DateTime<Utc>,
-    /// The unattached stream as committed before this unit (see `apply_submissions`).
-    snapshot: &'a [Event],
-    /// Events put on the unattached stream earlier in this unit.
-    streamed: Vec<Event>,
-    /// Stream events pulled into an incident earlier in this unit.
-    pulled: HashSet<Ulid>,
+    /// Open and in-grace incidents, as of this unit's writes.
+    index: &'a mut IncidentIndex,
+    /// Incidents PagerDuty opened in this unit (their pull-in follows the commit).
+    opened: Vec<IncidentId>,
     /// Where each event of this unit went, so an annotation follows the message it was
     /// derived from (same incident, same rule).
     placed: std::collections::HashMap<Ulid, (IncidentId, CorrelationRule)>,
@@ -456,9 +617,12 @@ fn attach_event(
             unit.change(&id, Change::LateEvent);
         }
         if opened {
-            pull_in(tx, unit, &mut incident)?;
+            // Durable intent: the look-back pull-in runs after this unit commits (it
+            // reads the stream's index, which a unit cannot), and resumes after a crash.
+            tx.put_cursor(&pull_in_marker(&id), &incident.triggered_at.to_rfc3339())?;
+            unit.opened.push(id.clone());
         }
-        tx.put_incident(&incident)?;
+        save(tx, unit, &incident)?;
         return Ok(Some(id));
     }
     let parent = attr_str(event, "annotates")
@@ -472,7 +636,7 @@ fn attach_event(
         Some((mut incident, rule)) => {
             append(tx, &mut incident, event, rule, unit.now)?;
             unit.placed.insert(event.id, (incident.id.clone(), rule));
-            tx.put_incident(&incident)?;
+            save(tx, unit, &incident)?;
             if !incident.status.is_open() {
                 unit.change(&incident.id, Change::LateEvent);
             }
@@ -480,7 +644,6 @@ fn attach_event(
         }
         None => {
             tx.put_stream_event(event)?;
-            unit.streamed.push(event.clone());
             Ok(None)
         }
     }
@@ -561,33 +724,26 @@ fn correlate(
             }
         }
     }
-    let load = |tx: &dyn WriteTx, ids: Vec<IncidentId>| -> Result<Vec<Incident>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(i) = tx.incident(&id)? {
-                out.push(i);
+    // 2. to 4. read the index: the cost of one lookup, however many incidents are open.
+    let index = &*unit.index;
+    let now = unit.now;
+    let fetch =
+        |tx: &dyn WriteTx, id: Option<&IncidentId>| -> Result<Option<Incident>, StoreError> {
+            match id {
+                Some(id) => tx.incident(id),
+                None => Ok(None),
             }
-        }
-        // Most recently triggered first.
-        out.sort_by_key(|i| std::cmp::Reverse(i.triggered_at));
-        Ok(out)
-    };
-    let open = load(tx, tx.open_incidents()?)?;
-    let graced: Vec<Incident> = load(tx, tx.recently_resolved()?)?
-        .into_iter()
-        .filter(|i| unit.within_grace(i))
-        .collect();
+        };
     let service = unit.correlator.service_of(event);
 
     // 2. Service map.
     if unit.correlator.has_map() {
         if let Some(svc) = &service {
-            let same = |i: &&Incident| i.service.as_deref() == Some(svc.as_str());
-            if let Some(i) = open.iter().find(same) {
-                return Ok(Some((i.clone(), CorrelationRule::Service)));
+            if let Some(i) = fetch(tx, index.newest_open_of(svc))? {
+                return Ok(Some((i, CorrelationRule::Service)));
             }
-            if let Some(i) = graced.iter().find(same) {
-                return Ok(Some((i.clone(), CorrelationRule::Grace)));
+            if let Some(i) = fetch(tx, index.newest_graced_of(svc, now))? {
+                return Ok(Some((i, CorrelationRule::Grace)));
             }
         }
     }
@@ -598,11 +754,15 @@ fn correlate(
             (Some(a), Some(b)) if unit.correlator.has_map() => a == b,
             _ => true,
         };
-        if open.len() == 1 && compatible(&open[0]) {
-            return Ok(Some((open[0].clone(), CorrelationRule::SoleOpen)));
+        if let Some(i) = fetch(tx, index.sole_open())? {
+            if compatible(&i) {
+                return Ok(Some((i, CorrelationRule::SoleOpen)));
+            }
         }
-        if open.is_empty() && graced.len() == 1 && compatible(&graced[0]) {
-            return Ok(Some((graced[0].clone(), CorrelationRule::Grace)));
+        if let Some(i) = fetch(tx, index.sole_graced(now))? {
+            if compatible(&i) {
+                return Ok(Some((i, CorrelationRule::Grace)));
+            }
         }
     }
     Ok(None)
@@ -627,48 +787,6 @@ fn append(
         if let Some(value) = event.keys.get(key) {
             tx.put_link(&format!("{key}={value}"), &incident.id)?;
         }
-    }
-    Ok(())
-}
-
-/// On open, pulls in unattached events of the look-back window that match the
-/// incident's service (all of them when no service map is configured).
-fn pull_in(
-    tx: &mut dyn WriteTx,
-    unit: &mut Unit<'_>,
-    incident: &mut Incident,
-) -> Result<(), StoreError> {
-    let c = unit.correlator;
-    let mut candidates = unit.snapshot.to_vec();
-    candidates.extend(unit.streamed.iter().cloned());
-    for mut event in candidates {
-        if unit.pulled.contains(&event.id) {
-            continue;
-        }
-        let names_it = [KEY_INCIDENT_REF, KEY_PAGERDUTY_INCIDENT]
-            .iter()
-            .any(|k| event.keys.get(*k).map(String::as_str) == Some(incident.id.as_str()));
-        if !names_it {
-            let start = incident
-                .triggered_at
-                .checked_sub_signed(c.lookback_for(&event))
-                .unwrap_or(DateTime::<Utc>::MIN_UTC);
-            if event.occurred_at < start || event.occurred_at > unit.now {
-                continue;
-            }
-            if c.has_map() && c.service_of(&event) != incident.service {
-                continue;
-            }
-        }
-        tx.remove_stream_event(event.id)?;
-        unit.pulled.insert(event.id);
-        append(
-            tx,
-            incident,
-            &mut event,
-            CorrelationRule::LookBack,
-            unit.now,
-        )?;
     }
     Ok(())
 }

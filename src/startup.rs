@@ -35,6 +35,7 @@ pub struct Application {
     ingest: Ingest,
     store: Arc<dyn Store>,
     background: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Opens the sled store the settings name.
@@ -84,10 +85,13 @@ impl Application {
             correlator,
             settings.storage.max_batch,
             settings.storage.queue_depth,
-        );
+        )
+        .context("building the correlation index from the store")?;
 
         let (sources, disabled_sources) = build_sources(&settings);
         let background = CancellationToken::new();
+        // Background tasks, awaited at shutdown so nothing holds the store afterwards.
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let mut pollers = Vec::new();
         if settings.pollers.cloudwatch.enabled {
             let cw = &settings.pollers.cloudwatch;
@@ -95,7 +99,7 @@ impl Application {
             let poller = CloudWatchPoller::new(client, cw.clone(), store.clone(), ingest.clone());
             pollers.push(poller.health());
             tracing::info!(region = %cw.region, interval_secs = cw.interval_secs, metrics = cw.metrics.len(), "CloudWatch poller started");
-            tokio::spawn(poller.run(background.clone()));
+            tasks.push(tokio::spawn(poller.run(background.clone())));
         }
 
         let templates_dir = Some(settings.render.templates_dir.trim())
@@ -120,11 +124,11 @@ impl Application {
             store.clone(),
             enricher,
         ));
-        crate::postmortem::renderer::spawn(
+        tasks.push(crate::postmortem::renderer::spawn(
             renderer.clone(),
             ingest.subscribe(),
             background.clone(),
-        );
+        ));
 
         let auth = Arc::new(crate::auth::Auth::new(&settings, store.clone()));
         match auth.end_sessions_of_an_old_token() {
@@ -139,21 +143,28 @@ impl Application {
             disabled_sources,
             auth: auth.clone(),
             allowed_hosts: settings.allowed_hosts(),
+            public_origin: settings.public_origin(),
             max_body_bytes: settings.server.max_body_bytes,
             request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
             metrics: telemetry::metrics_handle(),
             pollers,
             renderer,
             pages: Arc::new(crate::web::Pages::load().context("loading the page templates")?),
+            services: settings.services.iter().map(|s| s.name.clone()).collect(),
         });
 
-        spawn_delivery_pruner(
+        tasks.push(spawn_delivery_pruner(
             store.clone(),
             settings.storage.delivery_retention_days,
             background.clone(),
-        );
-        spawn_session_pruner(auth, background.clone());
-        spawn_lifecycle_logger(ingest.clone(), background.clone());
+        ));
+        tasks.push(spawn_session_pruner(auth, background.clone()));
+        tasks.push(spawn_stream_pruner(
+            store.clone(),
+            settings.storage.stream_retention_days,
+            background.clone(),
+        ));
+        tasks.push(spawn_lifecycle_logger(ingest.clone(), background.clone()));
         let ingest_handle = ingest.clone();
 
         let address = format!("{}:{}", settings.server.host, settings.server.port);
@@ -195,6 +206,7 @@ impl Application {
             ingest: ingest_handle,
             store,
             background,
+            tasks,
         })
     }
 
@@ -224,6 +236,11 @@ impl Application {
         self.server.await.context("HTTP server failed")?;
         tracing::info!("HTTP server stopped; draining the ingest queue");
         self.background.cancel();
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "a background task failed");
+            }
+        }
         self.committer.shutdown().await;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.flush())
@@ -276,7 +293,11 @@ fn build_sources(settings: &Settings) -> (BTreeMap<Source, Arc<dyn WebhookSource
     (enabled, disabled)
 }
 
-fn spawn_delivery_pruner(store: Arc<dyn Store>, retention_days: u32, stop: CancellationToken) {
+fn spawn_delivery_pruner(
+    store: Arc<dyn Store>,
+    retention_days: u32,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(3600));
         loop {
@@ -295,10 +316,63 @@ fn spawn_delivery_pruner(store: Arc<dyn Store>, retention_days: u32, stop: Cance
                 Err(e) => tracing::warn!(error = %e, "pruning task failed; will retry"),
             }
         }
-    });
+    })
 }
 
-fn spawn_session_pruner(auth: Arc<crate::auth::Auth>, stop: CancellationToken) {
+/// Unattached events per pruning unit: small, so the committer never waits long.
+const STREAM_PRUNE_BATCH: usize = 500;
+
+fn spawn_stream_pruner(
+    store: Arc<dyn Store>,
+    retention_days: u32,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+            match prune_stream_before(&store, cutoff, &stop).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(removed = n, retention_days, "pruned old unattached events")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning unattached events failed; will retry")
+                }
+            }
+        }
+    })
+}
+
+/// Prunes unattached events older than `cutoff` in small units until none is left (or
+/// the service stops); returns how many went.
+pub async fn prune_stream_before(
+    store: &Arc<dyn Store>,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    stop: &CancellationToken,
+) -> anyhow::Result<usize> {
+    let mut total = 0;
+    while !stop.is_cancelled() {
+        let s = store.clone();
+        let n = tokio::task::spawn_blocking(move || s.prune_stream(cutoff, STREAM_PRUNE_BATCH))
+            .await??;
+        total += n;
+        if n < STREAM_PRUNE_BATCH {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(total)
+}
+
+fn spawn_session_pruner(
+    auth: Arc<crate::auth::Auth>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(3600));
         loop {
@@ -314,10 +388,10 @@ fn spawn_session_pruner(auth: Arc<crate::auth::Auth>, stop: CancellationToken) {
                 Err(e) => tracing::warn!(error = %e, "session pruning task failed; will retry"),
             }
         }
-    });
+    })
 }
 
-fn spawn_lifecycle_logger(ingest: Ingest, stop: CancellationToken) {
+fn spawn_lifecycle_logger(ingest: Ingest, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     let mut changes = ingest.subscribe();
     tokio::spawn(async move {
         loop {
@@ -335,5 +409,5 @@ fn spawn_lifecycle_logger(ingest: Ingest, stop: CancellationToken) {
                 },
             }
         }
-    });
+    })
 }

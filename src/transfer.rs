@@ -10,7 +10,7 @@ use base64::Engine;
 
 use crate::domain::Incident;
 use crate::postmortem::{render_pack_with, Templates};
-use crate::store::{ExportRecord, Store, StoreError, SCHEMA_VERSION};
+use crate::store::{ExportRecord, Store, StoreError, EXPORT_FORMAT};
 
 /// Writes every record of `store` to `out`; returns how many lines were written.
 pub fn export(store: &dyn Store, out: &mut dyn Write) -> anyhow::Result<u64> {
@@ -32,7 +32,7 @@ pub fn import(
     input: &mut dyn BufRead,
     templates: &Templates,
 ) -> anyhow::Result<(u64, u64)> {
-    if !store.incidents()?.is_empty() {
+    if store.incident_count()? > 0 {
         bail!("the data directory already holds incidents; import into an empty storage.path");
     }
     let mut chunk: Vec<ExportRecord> = Vec::new();
@@ -52,8 +52,8 @@ pub fn import(
         let record: ExportRecord = serde_json::from_str(&line)
             .with_context(|| format!("line {n} is not an export record"))?;
         if let ExportRecord::Header { schema, .. } = &record {
-            if *schema != SCHEMA_VERSION {
-                bail!("the export has schema {schema}; this build reads {SCHEMA_VERSION}");
+            if *schema != EXPORT_FORMAT {
+                bail!("the export has format {schema}; this build reads {EXPORT_FORMAT}");
             }
             continue;
         }

@@ -57,52 +57,97 @@ fn host_exempt(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
-/// The host name a request names (`Host`, or the HTTP/2 authority), lower-case, without
-/// port; `None` when it names none.
-fn request_host(req: &ServiceRequest) -> Option<String> {
-    let raw = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))?;
-    host_of_authority(&raw)
+/// The authority a request names: the request target's in absolute form (which wins
+/// over `Host`, RFC 9112 §3.2.2), else `Host`, else the HTTP/2 `:authority`. `Err` when
+/// a `Host` header is present but unreadable.
+fn request_authority(req: &ServiceRequest) -> Result<Option<String>, ()> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(Some(a.as_str().to_owned()));
+    }
+    match req.headers().get(header::HOST) {
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim().to_owned()))
+            .map_err(|_| ()),
+        None => Ok(None),
+    }
 }
 
+/// The host name a request names, lower-case, without port. `Err` when it names one that
+/// cannot be read (refused as if it named another host).
+fn request_host(req: &ServiceRequest) -> Result<Option<String>, ()> {
+    match request_authority(req)? {
+        None => Ok(None),
+        Some(a) => host_of_authority(&a).map(Some).ok_or(()),
+    }
+}
+
+/// `host[:port]` or `[v6][:port]` → the lower-case host; `None` for anything else.
 fn host_of_authority(authority: &str) -> Option<String> {
     let a = authority.trim().to_ascii_lowercase();
-    let host = match a.strip_prefix('[') {
-        Some(v6) => format!("[{}]", v6.split(']').next()?),
-        None => a.split(':').next()?.to_owned(),
+    let (host, rest) = match a.strip_prefix('[') {
+        Some(v6) => {
+            let (inner, rest) = v6.split_once(']')?;
+            if inner.is_empty()
+                || !inner
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+            {
+                return None;
+            }
+            (format!("[{inner}]"), rest)
+        }
+        None => match a.split_once(':') {
+            Some((h, _)) => (h.to_owned(), &a[h.len()..]),
+            None => (a.clone(), ""),
+        },
     };
-    (!host.is_empty()).then_some(host)
+    let port_ok = match rest.strip_prefix(':') {
+        Some(p) => !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()),
+        None => rest.is_empty(),
+    };
+    let name_ok = host.starts_with('[')
+        || (!host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+    (port_ok && name_ok).then_some(host)
 }
 
-/// True for a request a browser sent on behalf of another site.
-fn is_cross_site(req: &ServiceRequest, allowed: Option<&[String]>) -> bool {
+/// True for a request a browser sent on behalf of another origin. Same origin means the
+/// same scheme, host and port as this request (or as `server.public_url`, when a proxy
+/// in front rewrites `Host`): another port on localhost is another site.
+fn is_cross_site(req: &ServiceRequest, public_origin: Option<&str>) -> bool {
     let headers = req.headers();
-    let fetch_site = headers
-        .get("Sec-Fetch-Site")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
-    if fetch_site.as_deref() == Some("cross-site") {
-        return true;
+    if let Some(site) = headers.get("Sec-Fetch-Site") {
+        let site = site.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        if site != "same-origin" && site != "none" {
+            return true;
+        }
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
     };
-    let Some(origin_host) = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .and_then(|(_, rest)| host_of_authority(rest.split('/').next().unwrap_or(rest)))
-    else {
-        // `Origin: null` (sandboxed frames, file: pages) or garbage.
+    let Ok(origin) = origin.to_str().map(|o| o.trim().to_ascii_lowercase()) else {
         return true;
     };
-    let same_host = request_host(req).is_some_and(|h| h == origin_host);
-    let listed = allowed.is_some_and(|a| a.contains(&origin_host));
-    !(same_host || listed)
+    if public_origin.is_some_and(|p| p == origin) {
+        return false;
+    }
+    let scheme = req.connection_info().scheme().to_ascii_lowercase();
+    let own = match request_authority(req) {
+        Ok(Some(a)) => format!("{scheme}://{}", a.to_ascii_lowercase()),
+        _ => return true,
+    };
+    // A default port may be left out by either side.
+    let strip_default = |o: &str| -> String {
+        o.strip_suffix(":80")
+            .filter(|_| o.starts_with("http://"))
+            .or_else(|| o.strip_suffix(":443").filter(|_| o.starts_with("https://")))
+            .unwrap_or(o)
+            .to_owned()
+    };
+    strip_default(&origin) != strip_default(&own)
 }
 
 fn client_address(req: &ServiceRequest) -> IpAddr {
@@ -112,8 +157,15 @@ fn client_address(req: &ServiceRequest) -> IpAddr {
 }
 
 fn refuse<B>(req: ServiceRequest, err: ApiError) -> ServiceResponse<EitherBody<B>> {
-    req.into_response(err.error_response())
-        .map_into_right_body()
+    answer(req, err.error_response())
+}
+
+fn answer<B>(req: ServiceRequest, mut res: HttpResponse) -> ServiceResponse<EitherBody<B>> {
+    res.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    req.into_response(res).map_into_right_body()
 }
 
 /// The middleware; see the module documentation for what it does in which order.
@@ -128,17 +180,29 @@ pub async fn guard<B: MessageBody + 'static>(
     let area = area(&path);
 
     if !host_exempt(&path) {
-        if let (Some(allowed), Some(host)) = (&state.allowed_hosts, request_host(&req)) {
-            if !allowed.contains(&host) {
-                tracing::warn!(host = %host.chars().take(64).collect::<String>(), "request for a host not in server.allowed_hosts refused");
+        if let Some(allowed) = &state.allowed_hosts {
+            // No Host at all (HTTP/1.0) or one that cannot be read: not a name we serve.
+            let ok = matches!(request_host(&req), Ok(Some(h)) if allowed.contains(&h));
+            if !ok {
+                tracing::warn!(host = ?request_authority(&req).ok().flatten().map(|h| h.chars().take(64).collect::<String>()), "request for a host not in server.allowed_hosts refused");
                 return Ok(refuse(req, ApiError::HostNotAllowed));
             }
         }
     }
     let method = req.method().clone();
     let safe = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if !safe && is_cross_site(&req, state.allowed_hosts.as_deref()) {
+    if !safe && is_cross_site(&req, state.public_origin.as_deref()) {
         return Ok(refuse(req, ApiError::CrossSite));
+    }
+    // Compressed request bodies would be inflated after the size check; no provider
+    // sends them.
+    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING) {
+        if !enc
+            .to_str()
+            .is_ok_and(|e| e.trim().eq_ignore_ascii_case("identity"))
+        {
+            return Ok(refuse(req, ApiError::UnsupportedEncoding));
+        }
     }
 
     if state.auth.required() && matches!(area, Area::Api | Area::Page | Area::PublicPage) {
@@ -147,7 +211,12 @@ pub async fn guard<B: MessageBody + 'static>(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.strip_prefix("Bearer ").unwrap_or("").to_owned());
+            .map(|v| match v.split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    token.trim().to_owned()
+                }
+                _ => String::new(),
+            });
         let logging_in = path == "/ui/login" && method == Method::POST;
         if bearer.is_some() || logging_in {
             if let Some(wait) = state.auth.locked_out(client) {
@@ -205,7 +274,7 @@ pub async fn guard<B: MessageBody + 'static>(
                 let res = HttpResponse::SeeOther()
                     .insert_header((header::LOCATION, to))
                     .finish();
-                return Ok(req.into_response(res).map_into_right_body());
+                return Ok(answer(req, res));
             }
             _ => {}
         }

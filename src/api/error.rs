@@ -40,6 +40,8 @@ pub enum ApiError {
     HostNotAllowed,
     #[error("cross-site requests may not change anything here")]
     CrossSite,
+    #[error("compressed request bodies (Content-Encoding) are not accepted; send the body as is")]
+    UnsupportedEncoding,
     #[error("too many failed attempts from this address; retry in {0} seconds")]
     TooManyAttempts(u64),
     #[error("storage is unavailable; retry later")]
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::RouteNotFound => "not_found",
             ApiError::HostNotAllowed => "host_not_allowed",
             ApiError::CrossSite => "cross_site_request",
+            ApiError::UnsupportedEncoding => "unsupported_encoding",
             ApiError::TooManyAttempts(_) => "too_many_attempts",
             ApiError::StorageUnavailable => "storage_unavailable",
             ApiError::Overloaded => "overloaded",
@@ -97,6 +100,9 @@ impl From<IngestError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::BadCursor = e {
+            return ApiError::InvalidQuery("cursor is not one this list handed out".into());
+        }
         tracing::error!(error = %e, "store read failed");
         ApiError::StorageUnavailable
     }
@@ -119,6 +125,7 @@ impl ResponseError for ApiError {
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             ApiError::CrossSite => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::StorageUnavailable | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

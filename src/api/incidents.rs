@@ -9,14 +9,66 @@ use crate::domain::{Incident, IncidentId};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
+/// Events of one incident per page by default (most incidents fit in one).
+const DEFAULT_EVENTS_LIMIT: usize = 500;
+const MAX_EVENTS_LIMIT: usize = 1000;
+/// Records a filtered list reads at most per request; the cursor continues after them.
+pub(crate) const SCAN_PER_PAGE: usize = 5_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// `open` (triggered or acknowledged), `triggered`, `acknowledged`, `resolved`, `all`.
     status: Option<String>,
+    /// Only incidents of this service.
+    service: Option<String>,
+    /// Only incidents whose title contains this (case-insensitive).
+    q: Option<String>,
     limit: Option<usize>,
-    offset: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+fn check_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::InvalidQuery(format!(
+            "limit must be between 1 and {max}"
+        )))
+    }
+}
+
+/// The filter of an incident list, shared by the API and the pages.
+pub(crate) fn incident_filter(
+    status: &str,
+    service: Option<String>,
+    q: Option<String>,
+) -> Result<impl Fn(&Incident) -> bool + Send + 'static, ApiError> {
+    let status: fn(&Incident) -> bool = match status {
+        "all" | "" => |_| true,
+        "open" => |i| i.status.is_open(),
+        "triggered" => |i| i.status.as_str() == "triggered",
+        "acknowledged" => |i| i.status.as_str() == "acknowledged",
+        "resolved" => |i| !i.status.is_open(),
+        other => {
+            return Err(ApiError::InvalidQuery(format!(
+                "status '{}' is not one of open, triggered, acknowledged, resolved, all",
+                other.chars().take(32).collect::<String>()
+            )))
+        }
+    };
+    let service = service.filter(|s| !s.trim().is_empty());
+    let q = q.map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
+    Ok(move |i: &Incident| {
+        status(i)
+            && service
+                .as_deref()
+                .is_none_or(|s| i.service.as_deref() == Some(s))
+            && q.as_deref()
+                .is_none_or(|q| i.title.to_lowercase().contains(q))
+    })
 }
 
 async fn load_incident(state: &AppState, id: &IncidentId) -> Result<Incident, ApiError> {
@@ -27,51 +79,35 @@ async fn load_incident(state: &AppState, id: &IncidentId) -> Result<Incident, Ap
         .ok_or_else(|| ApiError::IncidentNotFound(id.to_string()))
 }
 
+/// `GET /incidents`: newest trigger first, a page at a time (key-range cursor).
 pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    let status = q.status.as_deref().unwrap_or("all");
-    let keep: fn(&Incident) -> bool = match status {
-        "all" => |_| true,
-        "open" => |i| i.status.is_open(),
-        "triggered" => |i| i.status.as_str() == "triggered",
-        "acknowledged" => |i| i.status.as_str() == "acknowledged",
-        "resolved" => |i| !i.status.is_open(),
-        other => {
-            return Err(ApiError::InvalidQuery(format!(
-                "status '{other}' is not one of open, triggered, acknowledged, resolved, all"
-            )))
-        }
-    };
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::InvalidQuery(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
-    let offset = q.offset.unwrap_or(0);
+    let status = q.status.clone().unwrap_or_else(|| "all".into());
+    let unfiltered = q.service.is_none() && q.q.is_none();
+    let keep = incident_filter(&status, q.service, q.q)?;
+    let limit = check_limit(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let store = state.store.clone();
-    let mut incidents: Vec<Incident> = blocking(move || store.incidents())
-        .await?
-        .into_iter()
-        .filter(keep)
-        .collect();
-    // Newest first; ties broken by id so pages are stable.
-    incidents.sort_by(|a, b| {
-        b.triggered_at
-            .cmp(&a.triggered_at)
-            .then_with(|| a.id.cmp(&b.id))
-    });
-    let total = incidents.len();
-    let page: Vec<Incident> = incidents.into_iter().skip(offset).take(limit).collect();
-    let next_offset = (offset + page.len() < total).then_some(offset + page.len());
+    let cursor = q.cursor;
+    let open_now = state.ingest.open_incidents() as u64;
+    let (page, total) = blocking(move || {
+        let page = store.incidents_page(cursor.as_deref(), limit, SCAN_PER_PAGE, &keep)?;
+        // A total only where it is cheap: counters, never a scan.
+        let total = match (status.as_str(), unfiltered) {
+            ("all", true) => Some(store.incident_count()?),
+            ("open", true) => Some(open_now),
+            ("resolved", true) => Some(store.incident_count()?.saturating_sub(open_now)),
+            _ => None,
+        };
+        Ok::<_, crate::store::StoreError>((page, total))
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(json!({
-        "incidents": page,
+        "incidents": page.items,
         "total": total,
-        "offset": offset,
-        "next_offset": next_offset,
+        "next_cursor": page.next,
     })))
 }
 
@@ -88,46 +124,45 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(body))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /incidents/{id}/events`: ordered by `occurred_at` (events of the same instant in
+/// append order), a page at a time.
 pub async fn events(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    load_incident(&state, &id).await?;
+    let q = query.into_inner();
+    let limit = check_limit(q.limit, DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT)?;
+    let incident = load_incident(&state, &id).await?;
     let store = state.store.clone();
     let key = id.clone();
-    let mut events = blocking(move || store.incident_events(&key)).await?;
-    // Stable: events of the same instant keep their append order.
-    events.sort_by_key(|e| e.occurred_at);
-    Ok(HttpResponse::Ok().json(json!({"incident_id": id, "events": events})))
+    let page =
+        blocking(move || store.incident_events_page(&key, q.cursor.as_deref(), limit)).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "incident_id": id,
+        "events": page.items,
+        "total": incident.event_count,
+        "next_cursor": page.next,
+    })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamQuery {
-    limit: Option<usize>,
-}
-
-/// `GET /events/unattached`: events no incident has claimed, ordered by `occurred_at`
-/// (the most recent `limit` of them).
+/// `GET /events/unattached`: events no incident has claimed, ordered by `occurred_at`,
+/// a page at a time (oldest first).
 pub async fn unattached(
     state: web::Data<AppState>,
-    query: web::Query<StreamQuery>,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::InvalidQuery(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
+    let q = query.into_inner();
+    let limit = check_limit(q.limit, 100, MAX_LIMIT)?;
     let store = state.store.clone();
-    let mut events = blocking(move || store.stream_events()).await?;
-    // Stable: events of the same instant keep their append order.
-    events.sort_by_key(|e| e.occurred_at);
-    let total = events.len();
-    let events: Vec<_> = events
-        .into_iter()
-        .skip(total.saturating_sub(limit))
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({"events": events, "total": total})))
+    let page = blocking(move || store.stream_page(q.cursor.as_deref(), limit)).await?;
+    Ok(HttpResponse::Ok().json(json!({"events": page.items, "next_cursor": page.next})))
 }

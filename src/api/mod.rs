@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use edge::guard;
 pub use error::ApiError;
+pub(crate) use incidents::{incident_filter, SCAN_PER_PAGE};
 
 use crate::domain::Source;
 use crate::ingest::Ingest;
@@ -35,6 +36,9 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// Host names accepted in `Host`; `None` accepts any.
     pub allowed_hosts: Option<Vec<String>>,
+    /// `scheme://host[:port]` of `server.public_url`: the origin of our own pages behind
+    /// a proxy that rewrites `Host`.
+    pub public_origin: Option<String>,
     pub max_body_bytes: usize,
     /// How long a webhook body may take to arrive (slow senders are cut off: 408).
     pub request_timeout: std::time::Duration,
@@ -45,6 +49,8 @@ pub struct AppState {
     pub renderer: Arc<crate::postmortem::renderer::Renderer>,
     /// The page templates.
     pub pages: Arc<crate::web::Pages>,
+    /// The service map's names (the list page's service filter).
+    pub services: Vec<String>,
 }
 
 /// The route table: every route of the service is registered here. `max_body_bytes`
@@ -70,7 +76,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                         .into(),
                 }),
         )
-        .app_data(web::FormConfig::default().limit(max_body_bytes))
+        .app_data(
+            web::FormConfig::default()
+                .limit(max_body_bytes)
+                .error_handler(move |e, _| match e {
+                    actix_web::error::UrlencodedError::Overflow { .. } => {
+                        ApiError::PayloadTooLarge {
+                            limit: max_body_bytes,
+                        }
+                        .into()
+                    }
+                    e => ApiError::Payload(crate::sources::NormalizeError::Shape(e.to_string()))
+                        .into(),
+                }),
+        )
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics))

@@ -102,8 +102,10 @@ fn routes() -> Value {
                 "summary": "Incidents, newest first",
                 "parameters": [
                     {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["all", "open", "triggered", "acknowledged", "resolved"]}},
+                    {"name": "service", "in": "query", "schema": {"type": "string"}},
+                    {"name": "q", "in": "query", "schema": {"type": "string"}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}}
                 ],
                 "responses": merge(ok_json("a page of incidents"), error_responses(&["400", "401"]))
             }},
@@ -122,7 +124,9 @@ fn routes() -> Value {
                           "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Edit"}}}},
                           "responses": merge(ok_json("edited"), error_responses(&["400", "401", "404"]))}
             },
-            "/incidents/{id}/events": {"get": {"summary": "Its events by occurred_at", "parameters": [id_param()], "responses": merge(ok_json("events"), error_responses(&["400", "401", "404"]))}},
+            "/incidents/{id}/events": {"get": {"summary": "Its events by occurred_at, a page at a time", "parameters": [id_param(),
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}}], "responses": merge(ok_json("events"), error_responses(&["400", "401", "404"]))}},
             "/incidents/{id}/render": {"post": {"summary": "Render the pack now", "parameters": [id_param()], "responses": merge(ok_json("manifest"), error_responses(&["400", "401", "404"]))}},
             "/incidents/{id}/pack.zip": {"get": {"summary": "The postmortem pack", "parameters": [id_param()],
                 "responses": merge(json!({"200": {"description": "zip", "content": {"application/zip": {}}}}), error_responses(&["400", "401", "404"]))}},
@@ -130,7 +134,8 @@ fn routes() -> Value {
                 "parameters": [id_param(), {"name": "file", "in": "path", "required": true, "schema": {"type": "string", "enum": FILES}}],
                 "responses": merge(json!({"200": {"description": "the file"}}), error_responses(&["400", "401", "404"]))}},
             "/events/unattached": {"get": {"summary": "Events no incident claimed",
-                "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
+                "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
                 "responses": merge(ok_json("events"), error_responses(&["400", "401"]))}}
         }
     })

@@ -126,6 +126,46 @@ pub struct Edit {
     pub author: Option<String>,
 }
 
+/// Most list entries one edit may carry, and characters per text: a postmortem is read by
+/// people, and every later render and page load pays for what an edit stores.
+const MAX_EDIT_ITEMS: usize = 200;
+const MAX_EDIT_TEXT: usize = 20_000;
+
+impl Edit {
+    fn check_size(&self) -> Result<(), ApiError> {
+        let too_big = |what: &str| {
+            ApiError::Payload(crate::sources::NormalizeError::Shape(format!(
+                "{what}: an edit takes at most {MAX_EDIT_ITEMS} list entries and {MAX_EDIT_TEXT} characters per text"
+            )))
+        };
+        let texts = [
+            &self.title,
+            &self.summary,
+            &self.root_cause,
+            &self.impact,
+            &self.customer_message,
+            &self.author,
+        ];
+        if texts.iter().any(|t| {
+            t.as_ref()
+                .is_some_and(|t| t.chars().count() > MAX_EDIT_TEXT)
+        }) {
+            return Err(too_big("a text is too long"));
+        }
+        if self.mitigations.as_ref().is_some_and(|m| {
+            m.len() > MAX_EDIT_ITEMS || m.iter().any(|t| t.chars().count() > MAX_EDIT_TEXT)
+        }) {
+            return Err(too_big("mitigations"));
+        }
+        if self.action_items.as_ref().is_some_and(|a| {
+            a.len() > MAX_EDIT_ITEMS || a.iter().any(|t| t.text.chars().count() > MAX_EDIT_TEXT)
+        }) {
+            return Err(too_big("action_items"));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionItem {
@@ -182,6 +222,7 @@ pub(crate) async fn apply_edit(
     id: &IncidentId,
     edit: Edit,
 ) -> Result<(usize, bool), ApiError> {
+    edit.check_size()?;
     let id = id.clone();
     let store = state.store.clone();
     let key = id.clone();

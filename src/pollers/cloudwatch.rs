@@ -149,7 +149,7 @@ impl CloudWatchPoller {
                 incident: None,
             });
         }
-        if !self.settings.metrics.is_empty() && self.store.open_incident_count()? > 0 {
+        if !self.settings.metrics.is_empty() && self.ingest.open_incidents() > 0 {
             for sub in self.metric_series(&mut report, now).await? {
                 report.metric_events += sub.events.len();
                 submissions.push(sub);

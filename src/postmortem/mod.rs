@@ -76,6 +76,26 @@ pub struct Templates {
 /// Escapes a value for Markdown so that outside text (event titles come from the
 /// internet) stays text: no links, images, footnotes, HTML, code or new blocks.
 pub fn escape_markdown(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    // Values often start a line (a summary, a list item's text): a leading block marker
+    // would make a heading, quote, list, rule or table of it. Leading spaces would make
+    // code, and say nothing.
+    let s = s.trim_start();
+    if s.starts_with(['#', '>', '+', '-', '*', '=', '|', '~', '_']) {
+        out.push('\\');
+    } else {
+        let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && matches!(s.as_bytes().get(digits), Some(b'.' | b')')) {
+            out.push_str(&s[..digits]);
+            out.push('\\');
+            return out + &escape_markdown_inline(&s[digits..]);
+        }
+    }
+    out.push_str(&escape_markdown_inline(s));
+    out
+}
+
+fn escape_markdown_inline(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -117,7 +117,7 @@ pub fn spawn(
     renderer: Arc<Renderer>,
     mut changes: broadcast::Receiver<LifecycleChange>,
     stop: CancellationToken,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let first = tokio::select! {
@@ -150,5 +150,5 @@ pub fn spawn(
                 }
             }
         }
-    });
+    })
 }

@@ -15,8 +15,32 @@ use ulid::Ulid;
 
 use crate::domain::{Event, Incident, IncidentId};
 
-/// The on-disk schema this build reads and writes. Checked at open.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The on-disk schema this build reads and writes. Checked at open; version 1 (before the
+/// key-range indexes) is migrated in place.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The version of the NDJSON export format (independent of any engine's on-disk schema).
+pub const EXPORT_FORMAT: u32 = 1;
+
+/// One page of a key-range read, and where the next page starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Opaque cursor of the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// Which part of the unattached stream a look-back reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPart {
+    /// Change events only (deploys, merges, rollbacks): the long look-back.
+    Changes,
+    /// Every event: the short look-back.
+    All,
+}
+
+/// An unattached event with its index key (to continue a chunked read after it).
+pub type Keyed = (Vec<u8>, Event);
 
 /// Storage failures. Callers answer 503 so providers retry.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +57,9 @@ pub enum StoreError {
     /// A concurrent writer touched the same keys; the write is retried by the engine.
     #[error("write conflict")]
     Conflict,
+    /// A paging cursor that this store did not hand out.
+    #[error("the cursor is not one this list handed out")]
+    BadCursor,
     /// The store refuses writes (shutting down, disk full, fault injected in tests).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -93,12 +120,9 @@ pub trait WriteTx {
     fn put_delivery(&mut self, key: &str, record: &DeliveryRecord) -> Result<(), StoreError>;
     /// An incident, as of this unit (including earlier writes in it).
     fn incident(&self, id: &IncidentId) -> Result<Option<Incident>, StoreError>;
-    /// The ids of the incidents that are open, as of this unit.
-    fn open_incidents(&self) -> Result<Vec<IncidentId>, StoreError>;
-    /// Inserts or replaces an incident record (and keeps the open-incident index).
+    /// Inserts or replaces an incident record (and keeps its indexes: open, recently
+    /// resolved, by trigger time).
     fn put_incident(&mut self, incident: &Incident) -> Result<(), StoreError>;
-    /// Incidents resolved in the last 24 hours (candidates for the grace window).
-    fn recently_resolved(&self) -> Result<Vec<IncidentId>, StoreError>;
     /// The incident a link key (`datadog_cycle=…`, `slack_thread=…`) was attached to.
     fn link(&self, key: &str) -> Result<Option<IncidentId>, StoreError>;
     /// Records that a link key belongs to an incident.
@@ -107,12 +131,19 @@ pub trait WriteTx {
     fn cursor(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Saves a cursor in this unit, atomically with the events it covers.
     fn put_cursor(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// Forgets a cursor in this unit.
+    fn remove_cursor(&mut self, key: &str) -> Result<(), StoreError>;
     /// Appends an event to its incident's log under `seq`.
     fn put_incident_event(&mut self, seq: u64, event: &Event) -> Result<(), StoreError>;
     /// Appends an event to the unattached stream.
     fn put_stream_event(&mut self, event: &Event) -> Result<(), StoreError>;
-    /// Removes an event from the unattached stream (when an incident pulls it in).
-    fn remove_stream_event(&mut self, id: Ulid) -> Result<(), StoreError>;
+    /// An unattached event, if it is still in the stream.
+    fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError>;
+    /// Removes an event from the unattached stream and its indexes (when an incident
+    /// pulls it in, or retention prunes it); returns it.
+    fn remove_stream_event(&mut self, id: Ulid) -> Result<Option<Event>, StoreError>;
+    /// Forgets a raw payload (retention).
+    fn remove_raw(&mut self, id: Ulid) -> Result<(), StoreError>;
     /// Keeps the raw payload an event (or a delivery without events) came from.
     fn put_raw(&mut self, id: Ulid, payload: &[u8]) -> Result<(), StoreError>;
 }
@@ -127,18 +158,58 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// One incident.
     fn incident(&self, id: &IncidentId) -> Result<Option<Incident>, StoreError>;
-    /// Every incident, in no particular order.
-    fn incidents(&self) -> Result<Vec<Incident>, StoreError>;
-    /// The number of open incidents.
+    /// How many incidents the store holds (kept as a counter: cheap).
+    fn incident_count(&self) -> Result<u64, StoreError>;
+    /// Incidents newest trigger first, from `cursor` on, that `keep` accepts: at most
+    /// `limit` of them, after looking at no more than `scan` records (so a rare filter
+    /// costs a bounded read; the cursor then continues where the scan stopped).
+    fn incidents_page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        scan: usize,
+        keep: &dyn Fn(&Incident) -> bool,
+    ) -> Result<Page<Incident>, StoreError>;
+    /// The open incidents and those resolved since `resolved_since` (to rebuild the
+    /// correlation index at start); older recently-resolved entries are forgotten.
+    fn live_incidents(&self, resolved_since: DateTime<Utc>) -> Result<Vec<Incident>, StoreError>;
+    /// The number of open incidents (reads the open index: as many keys as open incidents).
     fn open_incident_count(&self) -> Result<usize, StoreError>;
     /// An incident's events in append order.
     fn incident_events(&self, id: &IncidentId) -> Result<Vec<Event>, StoreError>;
-    /// The unattached stream in arrival order.
-    fn stream_events(&self) -> Result<Vec<Event>, StoreError>;
-    /// Unattached events received since `since`, in arrival order. Never call it from
-    /// inside [`Store::write`]: sled deadlocks on a plain read of a tree the running
-    /// transaction holds.
-    fn stream_since(&self, since: DateTime<Utc>) -> Result<Vec<Event>, StoreError>;
+    /// A page of an incident's events ordered by `occurred_at` (then append order).
+    fn incident_events_page(
+        &self,
+        id: &IncidentId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Event>, StoreError>;
+    /// A page of the unattached stream ordered by `occurred_at`.
+    fn stream_page(&self, cursor: Option<&str>, limit: usize) -> Result<Page<Event>, StoreError>;
+    /// Unattached events of `part` that occurred in `from..=to`, after the key `after`,
+    /// at most `limit`. Never call it from inside [`Store::write`]: sled deadlocks on a
+    /// plain read of a tree the running transaction holds.
+    fn stream_window(
+        &self,
+        part: StreamPart,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Keyed>, StoreError>;
+    /// Unattached events that name `incident` (`incident_ref`, `pagerduty_incident`),
+    /// after the key `after`, at most `limit`. Not from inside [`Store::write`].
+    fn stream_naming(
+        &self,
+        incident: &IncidentId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Keyed>, StoreError>;
+    /// Removes up to `limit` unattached events that occurred before `cutoff`, with their
+    /// raw payloads, in one flushed unit; returns how many went.
+    fn prune_stream(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StoreError>;
+    /// Saved cursors whose key starts with `prefix`.
+    fn cursors_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// A saved cursor, outside any unit.
     fn cursor(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// A raw payload by event (or receipt) id.

@@ -1,8 +1,21 @@
 //! The sled engine. Trees (see README, Storage):
 //! `incidents` (id → record), `events` (id ++ 0x00 ++ big-endian seq → event),
 //! `stream` (ULID → unattached event), `raw` (ULID → payload), `deliveries`
-//! (`source:id` → record), `meta` (schema version, open-incident index).
-//! Later issues add `packs` and `cursors`.
+//! (`source:id` → record), `links`, `cursors`, `packs`, `sessions`, `meta` (schema
+//! version, incident count) and `index`: the key-range indexes every read pages over, one
+//! tree with a one-byte prefix per index (sled transactions take at most 14 trees):
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `o` | incident id | — (open incidents) |
+//! | `r` | incident id | resolved_at (resolved incidents, pruned after a day) |
+//! | `i` | triggered_at ++ id | — (incidents by trigger time) |
+//! | `e` | id ++ 0x00 ++ occurred_at ++ seq | — (an incident's events by time) |
+//! | `s` | occurred_at ++ ULID | — (the stream by time) |
+//! | `c` | occurred_at ++ ULID | — (the stream's change events by time) |
+//! | `f` | incident id ++ 0x00 ++ ULID | — (stream events naming an incident) |
+//!
+//! Times are big-endian milliseconds with the sign bit flipped, so keys sort by time.
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -16,14 +29,103 @@ use sled::transaction::{
 use sled::Transactional;
 use ulid::Ulid;
 
-use super::{DeliveryRecord, ExportRecord, Store, StoreError, WriteTx, SCHEMA_VERSION};
-use crate::domain::{Event, Incident, IncidentId};
+use super::{
+    DeliveryRecord, ExportRecord, Keyed, Page, Store, StoreError, StreamPart, WriteTx,
+    EXPORT_FORMAT, SCHEMA_VERSION,
+};
+use crate::domain::{Event, Incident, IncidentId, KEY_INCIDENT_REF, KEY_PAGERDUTY_INCIDENT};
 
 const META_SCHEMA: &[u8] = b"schema_version";
-const META_OPEN: &[u8] = b"open_incidents";
-const META_RECENT: &[u8] = b"recently_resolved";
-/// How long a resolved incident stays in the recently-resolved index.
-const RECENT_HOURS: i64 = 24;
+const META_OPEN_V1: &[u8] = b"open_incidents";
+const META_RECENT_V1: &[u8] = b"recently_resolved";
+const META_INCIDENT_COUNT: &[u8] = b"incident_count";
+
+const IX_OPEN: u8 = b'o';
+const IX_RECENT: u8 = b'r';
+const IX_INCIDENT_TIME: u8 = b'i';
+const IX_EVENT_TIME: u8 = b'e';
+const IX_STREAM_TIME: u8 = b's';
+const IX_STREAM_CHANGE: u8 = b'c';
+const IX_STREAM_REF: u8 = b'f';
+
+/// A time as 8 bytes that sort like the time.
+fn time_key(t: DateTime<Utc>) -> [u8; 8] {
+    ((t.timestamp_millis() as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn time_of_key(b: &[u8]) -> Option<DateTime<Utc>> {
+    let raw = u64::from_be_bytes(<[u8; 8]>::try_from(b).ok()?) ^ (1 << 63);
+    DateTime::<Utc>::from_timestamp_millis(raw as i64)
+}
+
+fn ix_key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn incident_time_key(i: &Incident) -> Vec<u8> {
+    ix_key(
+        IX_INCIDENT_TIME,
+        &[&time_key(i.triggered_at), i.id.as_str().as_bytes()],
+    )
+}
+
+fn event_time_key(id: &IncidentId, occurred_at: DateTime<Utc>, seq: u64) -> Vec<u8> {
+    ix_key(
+        IX_EVENT_TIME,
+        &[
+            id.as_str().as_bytes(),
+            &[0],
+            &time_key(occurred_at),
+            &seq.to_be_bytes(),
+        ],
+    )
+}
+
+/// The index keys of an unattached event.
+fn stream_index_keys(e: &Event) -> Vec<Vec<u8>> {
+    let t = time_key(e.occurred_at);
+    let ulid = e.id.to_bytes();
+    let mut keys = vec![ix_key(IX_STREAM_TIME, &[&t, &ulid])];
+    if e.kind.is_change() {
+        keys.push(ix_key(IX_STREAM_CHANGE, &[&t, &ulid]));
+    }
+    let mut named: Vec<&str> = [KEY_INCIDENT_REF, KEY_PAGERDUTY_INCIDENT]
+        .iter()
+        .filter_map(|k| e.keys.get(*k).map(String::as_str))
+        .filter(|v| IncidentId::parse(v).is_ok())
+        .collect();
+    named.dedup();
+    for r in named {
+        keys.push(ix_key(IX_STREAM_REF, &[r.as_bytes(), &[0], &ulid]));
+    }
+    keys
+}
+
+/// The ULID at the end of a stream index key.
+fn ulid_of_key(k: &[u8]) -> Option<Ulid> {
+    let tail = k.get(k.len().checked_sub(16)?..)?;
+    Some(Ulid::from_bytes(<[u8; 16]>::try_from(tail).ok()?))
+}
+
+/// The cursor strings of the API: the hex of an index key.
+fn cursor_string(k: &[u8]) -> String {
+    hex::encode(k)
+}
+
+fn cursor_key(cursor: Option<&str>, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    let Some(c) = cursor else {
+        return Ok(None);
+    };
+    match hex::decode(c) {
+        Ok(k) if k.starts_with(prefix) => Ok(Some(k)),
+        _ => Err(StoreError::BadCursor),
+    }
+}
 
 /// sled-backed [`Store`].
 pub struct SledStore {
@@ -37,6 +139,7 @@ pub struct SledStore {
     cursors: sled::Tree,
     packs: sled::Tree,
     sessions: sled::Tree,
+    index: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -102,6 +205,7 @@ impl SledStore {
             cursors: db.open_tree("cursors")?,
             packs: db.open_tree("packs")?,
             sessions: db.open_tree("sessions")?,
+            index: db.open_tree("index")?,
             meta: db.open_tree("meta")?,
             db,
         };
@@ -116,7 +220,9 @@ impl SledStore {
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(u32::from_be_bytes)
                     .unwrap_or(0);
-                if found != SCHEMA_VERSION {
+                if found == 1 {
+                    store.migrate_from_v1()?;
+                } else if found != SCHEMA_VERSION {
                     return Err(StoreError::SchemaMismatch {
                         found,
                         expected: SCHEMA_VERSION,
@@ -125,6 +231,103 @@ impl SledStore {
             }
         }
         Ok(store)
+    }
+
+    /// Schema 1 kept the open and recently-resolved sets as one value each and had no
+    /// key-range indexes: build them from the records (once; idempotent if interrupted,
+    /// the version is written last).
+    fn migrate_from_v1(&self) -> Result<(), StoreError> {
+        tracing::info!("upgrading the data directory from schema 1 to 2: building indexes");
+        let started = std::time::Instant::now();
+        let mut incidents = 0u64;
+        for kv in self.incidents.iter() {
+            let (k, v) = kv?;
+            let i: Incident = decode(&k, &v)?;
+            self.index.insert(incident_time_key(&i), &[])?;
+            if i.status.is_open() {
+                self.index
+                    .insert(ix_key(IX_OPEN, &[i.id.as_str().as_bytes()]), &[])?;
+            } else if let Some(at) = i.resolved_at {
+                self.index.insert(
+                    ix_key(IX_RECENT, &[i.id.as_str().as_bytes()]),
+                    &time_key(at),
+                )?;
+            }
+            incidents += 1;
+        }
+        let mut events = 0u64;
+        for kv in self.events.iter() {
+            let (k, v) = kv?;
+            let e: Event = decode(&k, &v)?;
+            let seq = k
+                .get(k.len().saturating_sub(8)..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if let Some(id) = &e.incident_id {
+                self.index
+                    .insert(event_time_key(id, e.occurred_at, seq), &[])?;
+            }
+            events += 1;
+            if events % 100_000 == 0 {
+                tracing::info!(events, "upgrade: incident events indexed");
+            }
+        }
+        let mut streamed = 0u64;
+        for kv in self.stream.iter() {
+            let (k, v) = kv?;
+            let e: Event = decode(&k, &v)?;
+            for key in stream_index_keys(&e) {
+                self.index.insert(key, &[])?;
+            }
+            streamed += 1;
+        }
+        self.meta
+            .insert(META_INCIDENT_COUNT, &incidents.to_be_bytes())?;
+        self.meta.remove(META_OPEN_V1)?;
+        self.meta.remove(META_RECENT_V1)?;
+        self.meta
+            .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+        self.db.flush()?;
+        tracing::info!(
+            incidents,
+            events,
+            stream = streamed,
+            secs = started.elapsed().as_secs_f64(),
+            "upgrade to schema 2 done"
+        );
+        Ok(())
+    }
+
+    /// Reads index keys of `prefix` after `after` (exclusive), in order, while `take`
+    /// says so, at most `limit`.
+    fn index_keys(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for kv in self.index.range(start..end) {
+            let (k, _) = kv?;
+            out.push(k.to_vec());
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn stream_events_at(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Keyed>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let Some(id) = ulid_of_key(&k) else { continue };
+            // An index entry without its event (removed in between): skip it.
+            if let Some(v) = self.stream.get(&id.to_bytes()[..])? {
+                out.push((k, decode(&id.to_bytes(), &v)?));
+            }
+        }
+        Ok(out)
     }
 
     /// Bytes the database occupies on disk.
@@ -142,38 +345,20 @@ struct SledTx<'a> {
     deliveries: &'a TransactionalTree,
     links: &'a TransactionalTree,
     cursors: &'a TransactionalTree,
+    index: &'a TransactionalTree,
     meta: &'a TransactionalTree,
 }
 
 impl SledTx<'_> {
-    fn open_set(&self) -> Result<Vec<IncidentId>, StoreError> {
-        match self.meta.get(META_OPEN)? {
-            Some(v) => decode(META_OPEN, &v),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    fn recent_set(&self) -> Result<Vec<(IncidentId, DateTime<Utc>)>, StoreError> {
-        match self.meta.get(META_RECENT)? {
-            Some(v) => decode(META_RECENT, &v),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// Keeps the recently-resolved index: resolved incidents enter it, reopened ones
-    /// leave it, entries older than a day fall out.
-    fn update_recent(&self, incident: &Incident) -> Result<(), StoreError> {
-        let mut recent = self.recent_set()?;
-        let before = recent.clone();
-        recent.retain(|(id, _)| id != &incident.id);
-        if let (false, Some(at)) = (incident.status.is_open(), incident.resolved_at) {
-            recent.push((incident.id.clone(), at));
-        }
-        let cutoff = Utc::now() - chrono::Duration::hours(RECENT_HOURS);
-        recent.retain(|(_, at)| *at >= cutoff);
-        if recent != before {
-            self.meta.insert(META_RECENT, encode(&recent)?)?;
-        }
+    fn bump_incident_count(&self) -> Result<(), StoreError> {
+        let n = self
+            .meta
+            .get(META_INCIDENT_COUNT)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        self.meta
+            .insert(META_INCIDENT_COUNT, &(n + 1).to_be_bytes())?;
         Ok(())
     }
 }
@@ -198,14 +383,6 @@ impl WriteTx for SledTx<'_> {
             .transpose()
     }
 
-    fn open_incidents(&self) -> Result<Vec<IncidentId>, StoreError> {
-        self.open_set()
-    }
-
-    fn recently_resolved(&self) -> Result<Vec<IncidentId>, StoreError> {
-        Ok(self.recent_set()?.into_iter().map(|(id, _)| id).collect())
-    }
-
     fn cursor(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .cursors
@@ -215,6 +392,11 @@ impl WriteTx for SledTx<'_> {
 
     fn put_cursor(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
         self.cursors.insert(key.as_bytes(), value.as_bytes())?;
+        Ok(())
+    }
+
+    fn remove_cursor(&mut self, key: &str) -> Result<(), StoreError> {
+        self.cursors.remove(key.as_bytes())?;
         Ok(())
     }
 
@@ -231,20 +413,41 @@ impl WriteTx for SledTx<'_> {
     }
 
     fn put_incident(&mut self, incident: &Incident) -> Result<(), StoreError> {
+        let old = self.incident(&incident.id)?;
         self.incidents
             .insert(incident.id.as_str().as_bytes(), encode(incident)?)?;
-        let mut open = self.open_set()?;
-        let was_open = open.contains(&incident.id);
-        if incident.status.is_open() != was_open {
-            if was_open {
-                open.retain(|id| id != &incident.id);
-            } else {
-                open.push(incident.id.clone());
-                open.sort();
+        let id = incident.id.as_str().as_bytes();
+        match &old {
+            None => self.bump_incident_count()?,
+            Some(o) if o.triggered_at != incident.triggered_at => {
+                self.index.remove(incident_time_key(o))?;
             }
-            self.meta.insert(META_OPEN, encode(&open)?)?;
+            Some(_) => {}
         }
-        self.update_recent(incident)
+        if old
+            .as_ref()
+            .is_none_or(|o| o.triggered_at != incident.triggered_at)
+        {
+            self.index.insert(incident_time_key(incident), &[])?;
+        }
+        let was_open = old.as_ref().is_some_and(|o| o.status.is_open());
+        if incident.status.is_open() {
+            if !was_open {
+                self.index.insert(ix_key(IX_OPEN, &[id]), &[])?;
+                self.index.remove(ix_key(IX_RECENT, &[id]))?;
+            }
+        } else {
+            if was_open {
+                self.index.remove(ix_key(IX_OPEN, &[id]))?;
+            }
+            let resolved_changed = old
+                .as_ref()
+                .is_none_or(|o| o.resolved_at != incident.resolved_at);
+            if let (Some(at), true) = (incident.resolved_at, resolved_changed || was_open) {
+                self.index.insert(ix_key(IX_RECENT, &[id]), &time_key(at))?;
+            }
+        }
+        Ok(())
     }
 
     fn put_incident_event(&mut self, seq: u64, event: &Event) -> Result<(), StoreError> {
@@ -252,17 +455,41 @@ impl WriteTx for SledTx<'_> {
             StoreError::Engine("put_incident_event: event has no incident id".into())
         })?;
         self.events.insert(event_key(id, seq), encode(event)?)?;
+        self.index
+            .insert(event_time_key(id, event.occurred_at, seq), &[])?;
         Ok(())
     }
 
     fn put_stream_event(&mut self, event: &Event) -> Result<(), StoreError> {
         self.stream
             .insert(&event.id.to_bytes()[..], encode(event)?)?;
+        for k in stream_index_keys(event) {
+            self.index.insert(k, &[])?;
+        }
         Ok(())
     }
 
-    fn remove_stream_event(&mut self, id: Ulid) -> Result<(), StoreError> {
+    fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError> {
+        let key = id.to_bytes();
+        self.stream
+            .get(&key[..])?
+            .map(|v| decode(&key, &v))
+            .transpose()
+    }
+
+    fn remove_stream_event(&mut self, id: Ulid) -> Result<Option<Event>, StoreError> {
+        let Some(event) = self.stream_event(id)? else {
+            return Ok(None);
+        };
         self.stream.remove(&id.to_bytes()[..])?;
+        for k in stream_index_keys(&event) {
+            self.index.remove(k)?;
+        }
+        Ok(Some(event))
+    }
+
+    fn remove_raw(&mut self, id: Ulid) -> Result<(), StoreError> {
+        self.raw.remove(&id.to_bytes()[..])?;
         Ok(())
     }
 
@@ -287,10 +514,11 @@ impl Store for SledStore {
             &self.deliveries,
             &self.links,
             &self.cursors,
+            &self.index,
             &self.meta,
         );
         let result = trees.transaction(
-            |(incidents, events, stream, raw, deliveries, links, cursors, meta)| {
+            |(incidents, events, stream, raw, deliveries, links, cursors, index, meta)| {
                 let mut tx = SledTx {
                     incidents,
                     events,
@@ -299,6 +527,7 @@ impl Store for SledStore {
                     deliveries,
                     links,
                     cursors,
+                    index,
                     meta,
                 };
                 let mut work = work.borrow_mut();
@@ -340,21 +569,83 @@ impl Store for SledStore {
             .transpose()
     }
 
-    fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
-        self.incidents
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&k, &v)
-            })
-            .collect()
+    fn incident_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(META_INCIDENT_COUNT)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    fn incidents_page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        scan: usize,
+        keep: &dyn Fn(&Incident) -> bool,
+    ) -> Result<Page<Incident>, StoreError> {
+        let start = vec![IX_INCIDENT_TIME];
+        let end = match cursor_key(cursor, &[IX_INCIDENT_TIME])? {
+            Some(k) => k,
+            None => vec![IX_INCIDENT_TIME + 1],
+        };
+        let mut items = Vec::with_capacity(limit.min(500));
+        let mut last: Option<Vec<u8>> = None;
+        let mut more = false;
+        for (scanned, kv) in self.index.range(start..end).rev().enumerate() {
+            let (k, _) = kv?;
+            if items.len() >= limit || scanned >= scan {
+                more = true;
+                break;
+            }
+            let id_bytes = &k[9..];
+            if let Some(v) = self.incidents.get(id_bytes)? {
+                let i: Incident = decode(id_bytes, &v)?;
+                if keep(&i) {
+                    items.push(i);
+                }
+            }
+            last = Some(k.to_vec());
+        }
+        Ok(Page {
+            items,
+            next: if more {
+                last.as_deref().map(cursor_string)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn live_incidents(&self, resolved_since: DateTime<Utc>) -> Result<Vec<Incident>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.index.scan_prefix([IX_OPEN]) {
+            let (k, _) = kv?;
+            if let Some(i) = self.incidents.get(&k[1..])? {
+                out.push(decode(&k[1..], &i)?);
+            }
+        }
+        for kv in self.index.scan_prefix([IX_RECENT]) {
+            let (k, v) = kv?;
+            if time_of_key(&v).is_none_or(|at| at < resolved_since) {
+                self.index.remove(&k)?;
+                continue;
+            }
+            if let Some(i) = self.incidents.get(&k[1..])? {
+                out.push(decode(&k[1..], &i)?);
+            }
+        }
+        Ok(out)
     }
 
     fn open_incident_count(&self) -> Result<usize, StoreError> {
-        match self.meta.get(META_OPEN)? {
-            Some(v) => Ok(decode::<Vec<IncidentId>>(META_OPEN, &v)?.len()),
-            None => Ok(0),
+        let mut n = 0;
+        for kv in self.index.scan_prefix([IX_OPEN]) {
+            kv?;
+            n += 1;
         }
+        Ok(n)
     }
 
     fn incident_events(&self, id: &IncidentId) -> Result<Vec<Event>, StoreError> {
@@ -367,24 +658,161 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn stream_since(&self, since: DateTime<Utc>) -> Result<Vec<Event>, StoreError> {
-        let ms = u64::try_from(since.timestamp_millis()).unwrap_or(0);
-        let start = Ulid::from_parts(ms, 0).to_bytes();
-        self.stream
-            .range(&start[..]..)
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&k, &v)
-            })
-            .collect()
+    fn incident_events_page(
+        &self,
+        id: &IncidentId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Event>, StoreError> {
+        let prefix = ix_key(IX_EVENT_TIME, &[id.as_str().as_bytes(), &[0]]);
+        let start = match cursor_key(cursor, &prefix)? {
+            Some(mut k) => {
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut end = prefix.clone();
+        *end.last_mut().expect("prefix ends in 0x00") = 1;
+        let keys = self.index_keys(start, end, limit + 1)?;
+        let more = keys.len() > limit;
+        let mut items = Vec::with_capacity(keys.len().min(limit));
+        let mut last = None;
+        for k in keys.into_iter().take(limit) {
+            let seq = k
+                .get(k.len() - 8..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            let ek = event_key(id, seq);
+            if let Some(v) = self.events.get(&ek)? {
+                items.push(decode(&ek, &v)?);
+            }
+            last = Some(k);
+        }
+        Ok(Page {
+            items,
+            next: if more {
+                last.as_deref().map(cursor_string)
+            } else {
+                None
+            },
+        })
     }
 
-    fn stream_events(&self) -> Result<Vec<Event>, StoreError> {
-        self.stream
-            .iter()
+    fn stream_page(&self, cursor: Option<&str>, limit: usize) -> Result<Page<Event>, StoreError> {
+        let start = match cursor_key(cursor, &[IX_STREAM_TIME])? {
+            Some(mut k) => {
+                k.push(0);
+                k
+            }
+            None => vec![IX_STREAM_TIME],
+        };
+        let keys = self.index_keys(start, vec![IX_STREAM_TIME + 1], limit + 1)?;
+        let more = keys.len() > limit;
+        let last = keys.get(limit.min(keys.len()).saturating_sub(1)).cloned();
+        let items = self
+            .stream_events_at(keys.into_iter().take(limit).collect())?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        Ok(Page {
+            items,
+            next: if more {
+                last.as_deref().map(cursor_string)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn stream_window(
+        &self,
+        part: StreamPart,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Keyed>, StoreError> {
+        let prefix = match part {
+            StreamPart::Changes => IX_STREAM_CHANGE,
+            StreamPart::All => IX_STREAM_TIME,
+        };
+        let start = match after {
+            Some(k) => {
+                let mut k = k.to_vec();
+                k.push(0);
+                k
+            }
+            None => ix_key(prefix, &[&time_key(from)]),
+        };
+        // Inclusive of `to`: up to the last ULID of that millisecond.
+        let end = ix_key(prefix, &[&time_key(to), &[0xff; 17]]);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let keys = self.index_keys(start, end, limit)?;
+        self.stream_events_at(keys)
+    }
+
+    fn stream_naming(
+        &self,
+        incident: &IncidentId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Keyed>, StoreError> {
+        let prefix = ix_key(IX_STREAM_REF, &[incident.as_str().as_bytes(), &[0]]);
+        let start = match after {
+            Some(k) => {
+                let mut k = k.to_vec();
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut end = prefix;
+        *end.last_mut().expect("prefix ends in 0x00") = 1;
+        let keys = self.index_keys(start, end, limit)?;
+        self.stream_events_at(keys)
+    }
+
+    fn prune_stream(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
+        let keys = self.index_keys(
+            vec![IX_STREAM_TIME],
+            ix_key(IX_STREAM_TIME, &[&time_key(cutoff)]),
+            limit,
+        )?;
+        let ids: Vec<Ulid> = keys.iter().filter_map(|k| ulid_of_key(k)).collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        self.write(&mut |tx| {
+            removed = 0;
+            for id in &ids {
+                if let Some(e) = tx.remove_stream_event(*id)? {
+                    // The raw payload is keyed by the first event of its delivery; the
+                    // other events of a multi-event delivery point at it too.
+                    if e.raw_id == Some(e.id) {
+                        tx.remove_raw(e.id)?;
+                    }
+                    removed += 1;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(removed)
+    }
+
+    fn cursors_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.cursors
+            .scan_prefix(prefix.as_bytes())
             .map(|kv| {
                 let (k, v) = kv?;
-                decode(&k, &v)
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
             })
             .collect()
     }
@@ -491,7 +919,7 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         use base64::Engine;
         sink(ExportRecord::Header {
-            schema: SCHEMA_VERSION,
+            schema: EXPORT_FORMAT,
             generator: concat!("incidentpost ", env!("CARGO_PKG_VERSION")).to_owned(),
         })?;
         for kv in self.incidents.iter() {
@@ -642,7 +1070,51 @@ mod tests {
             })
             .unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)));
-        assert!(store.incidents().unwrap().is_empty());
+        assert_eq!(store.incident_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_schema_1_data_dir_is_upgraded_in_place_with_its_indexes_built() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 500, 1 << 20).unwrap();
+            let mut stream = event("A");
+            stream.incident_id = None;
+            store
+                .write(&mut |tx| {
+                    tx.put_incident(&incident("A", IncidentStatus::Triggered))?;
+                    tx.put_incident(&incident("B", IncidentStatus::Resolved))?;
+                    tx.put_incident_event(0, &event("A"))?;
+                    tx.put_stream_event(&stream)
+                })
+                .unwrap();
+            // What schema 1 had: no index tree, no counter.
+            store.index.clear().unwrap();
+            store.meta.remove(META_INCIDENT_COUNT).unwrap();
+            store.meta.insert(META_OPEN_V1, b"[\"A\"]").unwrap();
+            store.meta.insert(META_SCHEMA, &1u32.to_be_bytes()).unwrap();
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 500, 1 << 20).unwrap();
+        assert_eq!(store.incident_count().unwrap(), 2);
+        assert_eq!(store.open_incident_count().unwrap(), 1);
+        let page = store.incidents_page(None, 10, 100, &|_| true).unwrap();
+        assert_eq!(page.items.len(), 2);
+        let a = IncidentId::parse("A").unwrap();
+        assert_eq!(
+            store
+                .incident_events_page(&a, None, 10)
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        assert_eq!(store.stream_page(None, 10).unwrap().items.len(), 1);
+        assert!(store.meta.get(META_OPEN_V1).unwrap().is_none());
+        drop(store);
+        // Opened again: already schema 2, nothing to do.
+        let store = SledStore::open(dir.path(), 500, 1 << 20).unwrap();
+        assert_eq!(store.incident_count().unwrap(), 2);
     }
 
     #[test]

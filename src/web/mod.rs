@@ -205,38 +205,47 @@ pub struct ListQuery {
     status: Option<String>,
     service: Option<String>,
     q: Option<String>,
+    /// Where this page starts (`next_cursor` of the page before).
+    cursor: Option<String>,
+    /// The cursors of the pages before, comma-separated, for the "Newer" link.
+    trail: Option<String>,
 }
+
+/// Incidents per page of the list.
+const LIST_PAGE: usize = 50;
+/// Pages of history the "Newer" link remembers.
+const TRAIL_PAGES: usize = 20;
 
 async fn list(
     state: web::Data<AppState>,
     req: HttpRequest,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
-    let all: Vec<Incident> = blocking(move || store.incidents()).await?;
     let status = query.status.clone().unwrap_or_else(|| "all".into());
     let service = query.service.clone().unwrap_or_default();
     let q = query.q.clone().unwrap_or_default();
-    let services: BTreeSet<String> = all.iter().filter_map(|i| i.service.clone()).collect();
-    let mut shown: Vec<&Incident> = all
+    let keep = crate::api::incident_filter(&status, Some(service.clone()), Some(q.clone()))?;
+    let store = state.store.clone();
+    let cursor = query.cursor.clone().filter(|c| !c.is_empty());
+    let at = cursor.clone();
+    let (page, total) = blocking(move || {
+        let page =
+            store.incidents_page(at.as_deref(), LIST_PAGE, crate::api::SCAN_PER_PAGE, &keep)?;
+        Ok::<_, crate::store::StoreError>((page, store.incident_count()?))
+    })
+    .await?;
+    let mut services: BTreeSet<String> = state
+        .services
         .iter()
-        .filter(|i| match status.as_str() {
-            "open" => i.status.is_open(),
-            "resolved" => !i.status.is_open(),
-            _ => true,
-        })
-        .filter(|i| service.is_empty() || i.service.as_deref() == Some(service.as_str()))
-        .filter(|i| q.is_empty() || i.title.to_lowercase().contains(&q.to_lowercase()))
+        .cloned()
+        .chain(page.items.iter().filter_map(|i| i.service.clone()))
         .collect();
-    // Open first, then newest.
-    shown.sort_by(|a, b| {
-        b.status
-            .is_open()
-            .cmp(&a.status.is_open())
-            .then(b.triggered_at.cmp(&a.triggered_at))
-    });
-    let any_open = shown.iter().any(|i| i.status.is_open());
-    let rows: Vec<Value> = shown
+    if !service.is_empty() {
+        services.insert(service.clone());
+    }
+    let any_open = page.items.iter().any(|i| i.status.is_open());
+    let rows: Vec<Value> = page
+        .items
         .iter()
         .map(|i| {
             json!({
@@ -248,10 +257,47 @@ async fn list(
             })
         })
         .collect();
+    // Paging links keep the filters; "Newer" walks back the trail of cursors.
+    let mut trail: Vec<String> = query
+        .trail
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|c| !c.is_empty() && c.len() <= 300 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect();
+    let link = |cursor: Option<&str>, trail: &[String]| {
+        let mut l = format!(
+            "/ui?status={}&service={}&q={}",
+            urlencode(&status),
+            urlencode(&service),
+            urlencode(&q)
+        );
+        if let Some(c) = cursor {
+            l.push_str(&format!("&cursor={}", urlencode(c)));
+        }
+        if !trail.is_empty() {
+            l.push_str(&format!("&trail={}", urlencode(&trail.join(","))));
+        }
+        l
+    };
+    let older = page.next.as_deref().map(|next| {
+        let mut t = trail.clone();
+        t.push(cursor.clone().unwrap_or_default());
+        let start = t.len().saturating_sub(TRAIL_PAGES);
+        link(Some(next), &t[start..])
+    });
+    let newer = cursor.is_some().then(|| {
+        let back = trail.pop().filter(|c| !c.is_empty());
+        link(back.as_deref(), &trail)
+    });
     let mut ctx = base_ctx(&req, &state, "Incidents");
     ctx.insert("incidents".into(), Value::from(rows));
-    ctx.insert("total".into(), Value::from(shown.len()));
-    ctx.insert("one".into(), Value::Bool(shown.len() == 1));
+    ctx.insert("total".into(), Value::from(total));
+    ctx.insert("one".into(), Value::Bool(total == 1));
+    ctx.insert("shown".into(), Value::from(page.items.len()));
+    ctx.insert("older".into(), json!(older));
+    ctx.insert("newer".into(), json!(newer));
     ctx.insert("q".into(), Value::from(q));
     ctx.insert(
         "statuses".into(),

@@ -1025,3 +1025,144 @@ async fn rotating_the_api_token_ends_the_page_sessions() {
             .await;
     assert_eq!(page(&app).await.unwrap().status(), 303);
 }
+
+#[tokio::test]
+async fn another_port_or_scheme_on_the_same_host_is_another_site() {
+    let app = spawn_app().await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    for (origin, fetch_site) in [
+        ("http://localhost:3000".to_owned(), None),
+        ("http://127.0.0.1:3000".to_owned(), None),
+        (format!("https://127.0.0.1:{port}"), None),
+        (format!("http://127.0.0.1:{port} evil"), None),
+        (format!("http://127.0.0.1:{port}"), Some("same-site")),
+    ] {
+        let mut req = app
+            .client
+            .post(format!("{}/incidents/import", app.address))
+            .header("Origin", &origin)
+            .body("09:00 UTC [Slack] forged");
+        if let Some(s) = fetch_site {
+            req = req.header("Sec-Fetch-Site", s);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 403, "{origin} {fetch_site:?}");
+        assert_eq!(
+            res.headers()["x-content-type-options"],
+            "nosniff",
+            "refusals carry nosniff"
+        );
+    }
+    assert!(app.incidents().await.is_empty());
+}
+
+#[tokio::test]
+async fn requests_without_a_readable_host_and_compressed_bodies_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let addr = app.address.trim_start_matches("http://").to_owned();
+    for head in [
+        "GET /incidents HTTP/1.0\r\n\r\n".to_owned(),
+        "GET /incidents HTTP/1.1\r\nHost: [::1]evil\r\nConnection: close\r\n\r\n".to_owned(),
+        format!(
+            "GET http://evil.test/incidents HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut out),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let status = String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        assert!(status.contains(" 421 "), "{head:?}: {status}");
+    }
+    let res = app
+        .client
+        .post(format!("{}/incidents/import", app.address))
+        .header("Content-Encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "unsupported_encoding"
+    );
+    let res = app
+        .client
+        .post(format!("{}/ui/import", app.address))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("nothing=here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(
+        res.json::<Value>().await.unwrap()["error"]["code"].is_string(),
+        "form errors are JSON"
+    );
+}
+
+#[tokio::test]
+async fn text_from_outside_cannot_start_a_heading_or_list_in_the_postmortem() {
+    let app = spawn_app().await;
+    let text = "14:00 UTC [PagerDuty] CRITICAL: checkout down\n\
+                14:02 UTC [Slack] @sarah: root cause: # Injected root\n\
+                14:05 UTC [Slack] @mike: mitigation: ## Injected mitigation\n\
+                14:30 UTC [PagerDuty] Resolved";
+    let res = app
+        .client
+        .post(format!("{}/incidents/import?date=2026-01-10", app.address))
+        .body(text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["incident_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .client
+        .patch(format!("{}/incidents/{id}", app.address))
+        .json(&json!({"summary": "### Injected summary", "customer_message": "1. Injected list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let md = app
+        .get(&format!("/incidents/{id}/postmortem.md"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        md.contains("Injected root") && md.contains("Injected summary"),
+        "{md}"
+    );
+    for line in md.lines() {
+        let l = line.trim_start_matches("- ").trim_start();
+        assert!(
+            !(l.starts_with('#') && l.contains("Injected")),
+            "a heading from outside: {line}"
+        );
+        assert!(!l.starts_with("1. Injected"), "a list from outside: {line}");
+    }
+    let html = incidentpost::web::markdown_to_html(&md);
+    assert!(
+        !html.contains("<h1>Injected")
+            && !html.contains("<h2>Injected")
+            && !html.contains("<h3>Injected"),
+        "{html}"
+    );
+}

@@ -304,8 +304,23 @@ impl Store for FaultyStore {
     ) -> Result<Option<incidentpost::domain::Incident>, StoreError> {
         self.inner.incident(id)
     }
-    fn incidents(&self) -> Result<Vec<incidentpost::domain::Incident>, StoreError> {
-        self.inner.incidents()
+    fn incident_count(&self) -> Result<u64, StoreError> {
+        self.inner.incident_count()
+    }
+    fn incidents_page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        scan: usize,
+        keep: &dyn Fn(&incidentpost::domain::Incident) -> bool,
+    ) -> Result<incidentpost::store::Page<incidentpost::domain::Incident>, StoreError> {
+        self.inner.incidents_page(cursor, limit, scan, keep)
+    }
+    fn live_incidents(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<incidentpost::domain::Incident>, StoreError> {
+        self.inner.live_incidents(since)
     }
     fn open_incident_count(&self) -> Result<usize, StoreError> {
         self.inner.open_incident_count()
@@ -316,14 +331,48 @@ impl Store for FaultyStore {
     ) -> Result<Vec<incidentpost::domain::Event>, StoreError> {
         self.inner.incident_events(id)
     }
-    fn stream_events(&self) -> Result<Vec<incidentpost::domain::Event>, StoreError> {
-        self.inner.stream_events()
-    }
-    fn stream_since(
+    fn incident_events_page(
         &self,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<incidentpost::domain::Event>, StoreError> {
-        self.inner.stream_since(since)
+        id: &incidentpost::domain::IncidentId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<incidentpost::store::Page<incidentpost::domain::Event>, StoreError> {
+        self.inner.incident_events_page(id, cursor, limit)
+    }
+    fn stream_page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<incidentpost::store::Page<incidentpost::domain::Event>, StoreError> {
+        self.inner.stream_page(cursor, limit)
+    }
+    fn stream_window(
+        &self,
+        part: incidentpost::store::StreamPart,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<incidentpost::store::Keyed>, StoreError> {
+        self.inner.stream_window(part, from, to, after, limit)
+    }
+    fn stream_naming(
+        &self,
+        incident: &incidentpost::domain::IncidentId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<incidentpost::store::Keyed>, StoreError> {
+        self.inner.stream_naming(incident, after, limit)
+    }
+    fn prune_stream(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.inner.prune_stream(cutoff, limit)
+    }
+    fn cursors_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.cursors_with_prefix(prefix)
     }
     fn cursor(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.cursor(key)

@@ -9,6 +9,7 @@ mod durability;
 mod edge;
 mod github;
 mod helpers;
+mod history;
 mod hostile;
 mod lifecycle;
 mod ops;

@@ -43,11 +43,22 @@ async fn incidents_are_listed_newest_first_filtered_and_paged() {
     );
     let page1 = app.get_json("/incidents?limit=2").await;
     assert_eq!(ids(&page1), ["PC", "PB"]);
-    assert_eq!(page1["next_offset"], 2);
-    let page2 = app.get_json("/incidents?limit=2&offset=2").await;
+    let next = page1["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let page2 = app
+        .get_json(&format!("/incidents?limit=2&cursor={next}"))
+        .await;
     assert_eq!(ids(&page2), ["PA"]);
-    assert_eq!(page2["next_offset"], Value::Null);
+    assert_eq!(page2["next_cursor"], Value::Null);
     assert_eq!(page2["total"], 3);
+    assert_eq!(app.get_json("/incidents?status=open").await["total"], 2);
+    // A cursor this list did not hand out is a 400, not a 500.
+    let res = app.get("/incidents?cursor=zz").await;
+    assert_eq!(res.status(), 400);
+    let res = app.get("/incidents?cursor=00ff").await;
+    assert_eq!(res.status(), 400);
 }
 
 #[tokio::test]

@@ -1,0 +1,312 @@
+//! Bounded cost: the indexes behind correlation, pull-in, paging and retention give the
+//! same answers as before, survive a restart, and do not depend on what else is stored.
+
+use std::collections::HashSet;
+
+use chrono::{Duration, Utc};
+use incidentpost::domain::{Event, EventKind, Source};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// An unattached Datadog alert that occurred `age` ago, for filling the store directly.
+fn old_alert(age: Duration, n: usize) -> Event {
+    let at = Utc::now() - age;
+    Event {
+        id: ulid::Ulid::new(),
+        source: Source::Datadog,
+        kind: EventKind::AlertFiring,
+        occurred_at: at,
+        received_at: at,
+        title: format!("Alert: unrelated {n}"),
+        service: Some("elsewhere".into()),
+        severity: None,
+        actor: None,
+        url: None,
+        keys: Default::default(),
+        attrs: Default::default(),
+        delivery: None,
+        raw_id: None,
+        incident_id: None,
+        correlation: None,
+    }
+}
+
+/// Puts `n` unattached events straight into the real store, in large units.
+fn fill_stream(app: &TestApp, n: usize, age: Duration) {
+    let mut left = n;
+    while left > 0 {
+        let batch: Vec<Event> = (0..left.min(5_000)).map(|i| old_alert(age, i)).collect();
+        left -= batch.len();
+        app.store
+            .write(&mut |tx| {
+                for e in &batch {
+                    tx.put_stream_event(e)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn incidents_opened_before_a_restart_still_attract_events() {
+    let app = spawn_app().await;
+    let trigger = pd_v3("incident.triggered", "PBEFORE", "01BEFORE", &at_offset(-10));
+    assert_eq!(app.post_pagerduty(&trigger).await.status(), 202);
+    let dir = app.stop().await;
+
+    let app = spawn_app_with("", Some(dir)).await;
+    let dd = datadog_alert(
+        "r1",
+        "Triggered",
+        "after the restart",
+        "c-r1",
+        "service:api",
+        Utc::now(),
+    );
+    let res = app.post_datadog(&dd).await;
+    assert_eq!(res.status(), 202);
+    let json: Value = res.json().await.unwrap();
+    assert_eq!(
+        json["incident_ids"][0], "PBEFORE",
+        "the sole open incident, from the rebuilt index"
+    );
+    let events = app.events("PBEFORE").await;
+    assert_eq!(events.last().unwrap()["correlation"], "sole_open");
+    assert_eq!(app.get_json("/incidents?status=open").await["total"], 1);
+}
+
+#[tokio::test]
+async fn pull_in_after_a_restart_and_beside_100000_unrelated_events_finds_the_merge_of_the_day_before(
+) {
+    let app = spawn_app().await;
+    fill_stream(&app, 100_000, Duration::days(4));
+    let mut pr = fixture_json("github/pull_request.closed.not-merged.octokit.json");
+    pr["pull_request"]["merged"] = true.into();
+    pr["pull_request"]["merged_at"] = at_offset(-24 * 60).into();
+    assert_eq!(
+        app.post_github("pull_request", "g-hist", &serde_json::to_vec(&pr).unwrap())
+            .await
+            .status(),
+        202
+    );
+    let dir = app.stop().await;
+
+    let app = spawn_app_with("", Some(dir)).await;
+    let trigger = pd_v3("incident.triggered", "PHIST", "01HIST", &at_offset(0));
+    assert_eq!(app.post_pagerduty(&trigger).await.status(), 202);
+    let events = app.events("PHIST").await;
+    let merge = events
+        .iter()
+        .find(|e| e["kind"] == "change.merged")
+        .expect("the merge of the day before is pulled in");
+    assert_eq!(merge["correlation"], "look_back");
+    assert_eq!(
+        events.len(),
+        2,
+        "nothing of the unrelated stream: {}",
+        events.len()
+    );
+    let first = app.get_json("/events/unattached?limit=5").await;
+    assert_eq!(first["events"].as_array().unwrap().len(), 5);
+    assert!(
+        first["next_cursor"].is_string(),
+        "100,000 unrelated events stay unattached"
+    );
+}
+
+#[tokio::test]
+async fn a_pull_in_interrupted_by_a_crash_is_finished_at_the_next_start() {
+    let app = spawn_app().await;
+    let dd = datadog_alert(
+        "i1",
+        "Triggered",
+        "before the crash",
+        "c-i1",
+        "service:api",
+        Utc::now() - Duration::minutes(3),
+    );
+    assert_eq!(app.post_datadog(&dd).await.status(), 202);
+    // What a crash right after the trigger's unit leaves: the incident and its marker,
+    // the stream untouched.
+    let trigger_at = Utc::now() - Duration::minutes(1);
+    let mut incident: incidentpost::domain::Incident = serde_json::from_value(serde_json::json!({
+        "id": "PCRASH", "title": "crash", "status": "triggered", "opened_by": "pagerduty",
+        "triggered_at": trigger_at, "reopen_count": 0, "event_count": 0, "next_seq": 0,
+        "updated_at": trigger_at
+    }))
+    .unwrap();
+    incident.service = None;
+    app.store
+        .write(&mut |tx| {
+            tx.put_incident(&incident)?;
+            tx.put_cursor("pullin:PCRASH", &trigger_at.to_rfc3339())
+        })
+        .unwrap();
+    let dir = app.stop().await;
+    let app = spawn_app_with("", Some(dir)).await;
+    // The committer finishes the pull-in before it takes anything new.
+    let other = pd_v3("incident.triggered", "PNEXT", "01NEXT", &at_offset(0));
+    assert_eq!(app.post_pagerduty(&other).await.status(), 202);
+    let events = app.events("PCRASH").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["title"] == "Alert: before the crash"),
+        "{events:#?}"
+    );
+    assert!(app.store.cursors_with_prefix("pullin:").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn paging_returns_every_incident_and_event_once_while_new_ones_arrive() {
+    let app = spawn_app().await;
+    for i in 0..23 {
+        let body = pd_v3(
+            "incident.triggered",
+            &format!("PPG{i}"),
+            &format!("01PG{i}"),
+            &at_offset(-100 + i),
+        );
+        assert_eq!(app.post_pagerduty(&body).await.status(), 202);
+        let body = pd_v3(
+            "incident.resolved",
+            &format!("PPG{i}"),
+            &format!("01PGR{i}"),
+            &at_offset(-99 + i),
+        );
+        assert_eq!(app.post_pagerduty(&body).await.status(), 202);
+    }
+    let before: HashSet<String> = (0..23).map(|i| format!("PPG{i}")).collect();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut n = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/incidents?limit=5&cursor={c}"),
+            None => "/incidents?limit=5".to_owned(),
+        };
+        let page = app.get_json(&path).await;
+        for i in page["incidents"].as_array().unwrap() {
+            seen.push(i["id"].as_str().unwrap().to_owned());
+        }
+        // A new incident arrives between two pages.
+        n += 1;
+        let body = pd_v3(
+            "incident.triggered",
+            &format!("PNEW{n}"),
+            &format!("01NEW{n}"),
+            &at_offset(0),
+        );
+        assert_eq!(app.post_pagerduty(&body).await.status(), 202);
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let unique: HashSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "no incident twice: {seen:?}");
+    assert!(before.is_subset(&unique), "every incident once: {seen:?}");
+
+    // The stream, the same way: events arriving during the walk join at its end.
+    for i in 0..17 {
+        let dd = datadog_alert(
+            &format!("pg{i}"),
+            "Triggered",
+            &format!("page {i}"),
+            &format!("c{i}"),
+            "service:x",
+            Utc::now() - Duration::minutes(60 - i),
+        );
+        assert_eq!(app.post_datadog(&dd).await.status(), 202);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut n = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/events/unattached?limit=4&cursor={c}"),
+            None => "/events/unattached?limit=4".to_owned(),
+        };
+        let page = app.get_json(&path).await;
+        for e in page["events"].as_array().unwrap() {
+            seen.push(e["id"].as_str().unwrap().to_owned());
+        }
+        n += 1;
+        let dd = datadog_alert(
+            &format!("late{n}"),
+            "Triggered",
+            "late",
+            &format!("cl{n}"),
+            "service:x",
+            Utc::now(),
+        );
+        app.post_datadog(&dd).await;
+        match page["next_cursor"].as_str() {
+            Some(c) if n < 50 => cursor = Some(c.to_owned()),
+            _ => break,
+        }
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no event twice");
+    assert!(seen.len() >= 17, "{}", seen.len());
+
+    // An incident's events, a page at a time, in occurred_at order.
+    let mut times = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/incidents/PPG3/events?limit=1&cursor={c}"),
+            None => "/incidents/PPG3/events?limit=1".to_owned(),
+        };
+        let page = app.get_json(&path).await;
+        for e in page["events"].as_array().unwrap() {
+            times.push(e["occurred_at"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(times.len(), 2);
+    assert!(times[0] < times[1]);
+}
+
+#[tokio::test]
+async fn retention_prunes_only_unattached_events_older_than_the_setting() {
+    // The service's own pruner (10 years here) leaves them to the call below.
+    let app = spawn_app_with("[storage]\nstream_retention_days = 3650", None).await;
+    let old: Vec<Event> = (0..1_200)
+        .map(|i| {
+            let mut e = old_alert(Duration::days(40), i);
+            e.raw_id = Some(e.id);
+            e
+        })
+        .collect();
+    let kept = old_alert(Duration::days(10), 0);
+    app.store
+        .write(&mut |tx| {
+            for e in &old {
+                tx.put_raw(e.id, b"{}")?;
+                tx.put_stream_event(e)?;
+            }
+            tx.put_stream_event(&kept)
+        })
+        .unwrap();
+    let removed = incidentpost::startup::prune_stream_before(
+        &app.store,
+        Utc::now() - Duration::days(30),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed, 1_200);
+    assert!(
+        app.store.raw(old[0].id).unwrap().is_none(),
+        "the raw payload went too"
+    );
+    let left = app.unattached().await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], kept.id.to_string());
+}
