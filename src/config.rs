@@ -86,6 +86,10 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct RenderSettings {
     pub templates_dir: String,
+    /// Renders running at once (each on a blocking thread, off the request workers).
+    pub max_concurrent: usize,
+    /// How long a page or download waits for a render slot before 503 + Retry-After.
+    pub queue_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -489,6 +493,15 @@ impl Settings {
             return Err(invalid(
                 "storage.delivery_retention_days",
                 "must be at least 1 (providers retry for up to 48 hours)",
+            ));
+        }
+        if !(1..=64).contains(&self.render.max_concurrent) {
+            return Err(invalid("render.max_concurrent", "must be between 1 and 64"));
+        }
+        if !(1..=300).contains(&self.render.queue_timeout_secs) {
+            return Err(invalid(
+                "render.queue_timeout_secs",
+                "must be between 1 and 300",
             ));
         }
         if !(1..=3650).contains(&self.storage.stream_retention_days) {

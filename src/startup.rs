@@ -119,10 +119,12 @@ impl Application {
             ),
             None => None,
         };
-        let renderer = Arc::new(crate::postmortem::renderer::Renderer::new(
+        let renderer = Arc::new(crate::postmortem::renderer::Renderer::with_pool(
             templates,
             store.clone(),
             enricher,
+            settings.render.max_concurrent,
+            Duration::from_secs(settings.render.queue_timeout_secs),
         ));
         tasks.push(crate::postmortem::renderer::spawn(
             renderer.clone(),

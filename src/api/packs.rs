@@ -21,6 +21,8 @@ impl From<RenderFailure> for ApiError {
             RenderFailure::NotFound(id) => ApiError::IncidentNotFound(id),
             RenderFailure::Store(e) => e.into(),
             RenderFailure::Render(e) => ApiError::Internal(e.to_string()),
+            RenderFailure::Task(e) => ApiError::Internal(e),
+            RenderFailure::Busy => ApiError::Overloaded,
         }
     }
 }
@@ -33,8 +35,7 @@ const PACK_CSP: (&str, &str) = (
 );
 
 async fn pack_of(state: &web::Data<AppState>, id: IncidentId) -> Result<(Vec<u8>, bool), ApiError> {
-    let renderer = state.renderer.clone();
-    blocking(move || renderer.pack(&id)).await
+    Ok(state.renderer.pack(&id).await?)
 }
 
 /// `GET /incidents/{id}/pack.zip`.
@@ -100,9 +101,8 @@ pub async fn render(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let renderer = state.renderer.clone();
-    let key = id.clone();
-    let pack = blocking(move || renderer.render(&key)).await?;
+    let rendered = state.renderer.render_now(&id).await?;
+    let pack = &rendered.pack;
     let manifest: Value = pack
         .file("manifest.json")
         .and_then(|m| serde_json::from_slice(m).ok())
@@ -327,10 +327,8 @@ pub(crate) async fn apply_edit(
             incident: None,
         })
         .await?;
-    let renderer = state.renderer.clone();
-    let key = id.clone();
-    let pack = blocking(move || renderer.render(&key)).await?;
-    Ok((n, pack.facts.draft))
+    let rendered = state.renderer.render_now(&id).await?;
+    Ok((n, rendered.pack.facts.draft))
 }
 
 #[derive(Deserialize)]
@@ -428,9 +426,7 @@ pub(crate) async fn import_text(
         })
         .await?;
     let duplicate = matches!(receipt, crate::ingest::Receipt::Duplicate { .. });
-    let renderer = state.renderer.clone();
-    let key = id.clone();
-    blocking(move || renderer.render(&key)).await?;
+    state.renderer.render_now(&id).await?;
     Ok(Ok(ImportOutcome {
         id,
         events,

@@ -127,6 +127,37 @@ pub struct Facts {
     pub multi_day: bool,
 }
 
+impl Facts {
+    /// Every event id a fact cites as evidence.
+    pub fn cited(&self) -> Vec<Ulid> {
+        let mut out: Vec<Ulid> = Vec::new();
+        for ids in [
+            &self.title.evidence,
+            &self.severity.evidence,
+            &self.service.evidence,
+            &self.detected.evidence,
+            &self.triggered.evidence,
+            &self.acknowledged.evidence,
+            &self.mitigated.evidence,
+            &self.resolved.evidence,
+            &self.duration_minutes.evidence,
+            &self.users_affected.evidence,
+            &self.root_cause.evidence,
+            &self.summary.evidence,
+            &self.customer_message.evidence,
+        ] {
+            out.extend(ids);
+        }
+        for items in [&self.responders, &self.mitigations, &self.action_items] {
+            out.extend(items.iter().flat_map(|i| i.evidence.iter()));
+        }
+        out.extend(self.peaks.iter().flat_map(|p| p.evidence.iter()));
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 fn text_of(e: &Event) -> String {
     e.attrs
         .get("text")

@@ -1,12 +1,13 @@
 //! Renders packs when incidents resolve (and again when late events or edits arrive),
 //! stores them, and serves the on-demand renders of the API.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
 
 use super::enrich::{self, GithubEnricher};
 use super::{render_pack_with, Pack, RenderError, Templates};
@@ -23,13 +24,54 @@ pub enum RenderFailure {
     Store(#[from] StoreError),
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// Every render slot stayed busy for the queue timeout.
+    #[error("every render slot is busy")]
+    Busy,
+    #[error("render task failed: {0}")]
+    Task(String),
 }
 
-/// Renders an incident's pack from the store.
+/// A rendered pack with what the incident page needs beside it, so a page load after the
+/// first reads no events but the page of rows it shows.
+pub struct Rendered {
+    pub pack: Pack,
+    /// Position (1-based, by `occurred_at`) and title of every event a fact cites.
+    pub evidence: HashMap<Ulid, (usize, String)>,
+    /// The annotation events (the edit history), by `occurred_at`.
+    pub history: Vec<Event>,
+}
+
+/// What a cached render was made from: any new event or edit changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    event_count: u64,
+    updated_at: chrono::DateTime<chrono::Utc>,
+    open: bool,
+}
+
+impl Version {
+    fn of(i: &Incident) -> Self {
+        Version {
+            event_count: i.event_count,
+            updated_at: i.updated_at,
+            open: i.status.is_open(),
+        }
+    }
+}
+
+/// Renders made lately, newest last; a handful, since one big incident's pack is large.
+const CACHED_RENDERS: usize = 8;
+
+/// Renders an incident's pack from the store, on a bounded pool (`render.max_concurrent`
+/// slots; a request that waits longer than `render.queue_timeout_secs` is answered 503),
+/// off the request workers, once per version of the incident.
 pub struct Renderer {
     templates: Templates,
     store: Arc<dyn Store>,
     enricher: Option<GithubEnricher>,
+    slots: Arc<Semaphore>,
+    queue_timeout: Duration,
+    cache: Mutex<VecDeque<(IncidentId, Version, Arc<Rendered>)>>,
 }
 
 impl Renderer {
@@ -38,10 +80,24 @@ impl Renderer {
         store: Arc<dyn Store>,
         enricher: Option<GithubEnricher>,
     ) -> Self {
+        Self::with_pool(templates, store, enricher, 2, Duration::from_secs(10))
+    }
+
+    /// With `max_concurrent` render slots and how long a request may wait for one.
+    pub fn with_pool(
+        templates: Templates,
+        store: Arc<dyn Store>,
+        enricher: Option<GithubEnricher>,
+        max_concurrent: usize,
+        queue_timeout: Duration,
+    ) -> Self {
         Renderer {
             templates,
             store,
             enricher,
+            slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            queue_timeout,
+            cache: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -59,10 +115,91 @@ impl Renderer {
         }
     }
 
-    /// Renders the pack now; a resolved incident's pack is also stored.
-    pub fn render(&self, id: &IncidentId) -> Result<Pack, RenderFailure> {
+    fn cached(&self, id: &IncidentId, version: &Version) -> Option<Arc<Rendered>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .iter()
+            .find(|(i, v, _)| i == id && v == version)
+            .map(|(_, _, r)| r.clone())
+    }
+
+    fn remember(&self, id: &IncidentId, version: Version, rendered: Arc<Rendered>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(i, _, _)| i != id);
+        cache.push_back((id.clone(), version, rendered));
+        while cache.len() > CACHED_RENDERS {
+            cache.pop_front();
+        }
+    }
+
+    async fn incident(&self, id: &IncidentId) -> Result<Incident, RenderFailure> {
+        let store = self.store.clone();
+        let key = id.clone();
+        tokio::task::spawn_blocking(move || store.incident(&key))
+            .await
+            .map_err(|e| RenderFailure::Task(e.to_string()))??
+            .ok_or_else(|| RenderFailure::NotFound(id.to_string()))
+    }
+
+    /// The incident's render, from the cache when nothing changed since, else made now
+    /// on a render slot. A resolved incident's fresh render is also stored.
+    pub async fn rendered(
+        self: &Arc<Self>,
+        id: &IncidentId,
+    ) -> Result<Arc<Rendered>, RenderFailure> {
+        let incident = self.incident(id).await?;
+        if let Some(hit) = self.cached(id, &Version::of(&incident)) {
+            return Ok(hit);
+        }
+        self.render_now(id).await
+    }
+
+    /// Renders now on a render slot (waiting at most the queue timeout), stores a
+    /// resolved incident's pack and caches the result.
+    pub async fn render_now(
+        self: &Arc<Self>,
+        id: &IncidentId,
+    ) -> Result<Arc<Rendered>, RenderFailure> {
+        let permit = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| RenderFailure::Busy)?
+            .map_err(|_| RenderFailure::Busy)?;
+        self.render_with(id, permit).await
+    }
+
+    /// Like [`Renderer::render_now`], waiting as long as it takes (background renders).
+    pub async fn render_queued(
+        self: &Arc<Self>,
+        id: &IncidentId,
+    ) -> Result<Arc<Rendered>, RenderFailure> {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RenderFailure::Busy)?;
+        self.render_with(id, permit).await
+    }
+
+    async fn render_with(
+        self: &Arc<Self>,
+        id: &IncidentId,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Arc<Rendered>, RenderFailure> {
+        let this = self.clone();
+        let key = id.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.render_blocking(&key)
+        })
+        .await
+        .map_err(|e| RenderFailure::Task(e.to_string()))?
+    }
+
+    /// The render itself, on the calling (blocking) thread.
+    pub fn render_blocking(&self, id: &IncidentId) -> Result<Arc<Rendered>, RenderFailure> {
         let started = Instant::now();
-        let (incident, events) = self.load(id)?;
+        let (incident, mut events) = self.load(id)?;
         let result = self.preview_of(&incident, &events);
         let label = if result.is_ok() { "ok" } else { "failed" };
         metrics::counter!("incidentpost_pack_renders_total", "result" => label).increment(1);
@@ -72,16 +209,28 @@ impl Renderer {
             self.store.put_pack(id, &pack.zip)?;
         }
         tracing::info!(incident = %id, events = events.len(), draft = incident.status.is_open(), ms = started.elapsed().as_millis() as u64, "pack rendered");
-        Ok(pack)
+        events.sort_by_key(|e| e.occurred_at);
+        let cited: std::collections::HashSet<Ulid> = pack.facts.cited().into_iter().collect();
+        let evidence = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| cited.contains(&e.id))
+            .map(|(i, e)| (e.id, (i + 1, e.title.clone())))
+            .collect();
+        let history = events
+            .into_iter()
+            .filter(|e| e.kind.as_str().starts_with("annotation."))
+            .collect();
+        let rendered = Arc::new(Rendered {
+            pack,
+            evidence,
+            history,
+        });
+        self.remember(id, Version::of(&incident), rendered.clone());
+        Ok(rendered)
     }
 
-    /// A fresh render, not stored (the pages show it).
-    pub fn preview(&self, id: &IncidentId) -> Result<Pack, RenderFailure> {
-        let (incident, events) = self.load(id)?;
-        self.preview_of(&incident, &events)
-    }
-
-    /// A fresh render of an incident and events the caller already read.
+    /// A fresh render of an incident and events the caller already read (not stored).
     pub fn preview_of(&self, incident: &Incident, events: &[Event]) -> Result<Pack, RenderFailure> {
         let prs = enrich::cached(self.store.as_ref(), events);
         Ok(render_pack_with(&self.templates, incident, events, &prs)?)
@@ -96,19 +245,22 @@ impl Renderer {
         Ok((incident, events))
     }
 
-    /// The stored pack of a resolved incident, else a fresh render (a draft when open).
-    pub fn pack(&self, id: &IncidentId) -> Result<(Vec<u8>, bool), RenderFailure> {
-        let incident = self
-            .store
-            .incident(id)?
-            .ok_or_else(|| RenderFailure::NotFound(id.to_string()))?;
+    /// The stored pack of a resolved incident, else its (cached) render: a draft when
+    /// open. Returns the zip and whether it is a draft.
+    pub async fn pack(self: &Arc<Self>, id: &IncidentId) -> Result<(Vec<u8>, bool), RenderFailure> {
+        let incident = self.incident(id).await?;
         if !incident.status.is_open() {
-            if let Some(zip) = self.store.pack(id)? {
+            let store = self.store.clone();
+            let key = id.clone();
+            let stored = tokio::task::spawn_blocking(move || store.pack(&key))
+                .await
+                .map_err(|e| RenderFailure::Task(e.to_string()))??;
+            if let Some(zip) = stored {
                 return Ok((zip, false));
             }
         }
-        let pack = self.render(id)?;
-        Ok((pack.zip, incident.status.is_open()))
+        let rendered = self.rendered(id).await?;
+        Ok((rendered.pack.zip.clone(), incident.status.is_open()))
     }
 }
 
@@ -142,11 +294,8 @@ pub fn spawn(
             }
             for id in due {
                 renderer.enrich(&id).await;
-                let r = renderer.clone();
-                match tokio::task::spawn_blocking(move || r.render(&id)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "rendering a pack failed"),
-                    Err(e) => tracing::error!(error = %e, "render task failed"),
+                if let Err(e) = renderer.render_queued(&id).await {
+                    tracing::error!(incident = %id, error = %e, "rendering a pack failed");
                 }
             }
         }

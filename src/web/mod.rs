@@ -407,39 +407,42 @@ fn facts_view(
     out
 }
 
+#[derive(Deserialize)]
+pub struct IncidentQuery {
+    /// Where the timeline table starts (`next` of the page before).
+    events: Option<String>,
+}
+
+/// Timeline rows per incident page.
+const TIMELINE_ROWS: usize = 500;
+
 async fn incident(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
+    query: web::Query<IncidentQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
+    // The render (cached per version of the incident, made on the render pool) and one
+    // page of timeline rows: a page load never holds all of a big incident's events.
+    let rendered = state.renderer.rendered(&id).await?;
     let store = state.store.clone();
     let key = id.clone();
-    let (incident, mut events) = blocking(move || {
+    let cursor = query.events.clone().filter(|c| !c.is_empty());
+    let at = cursor.clone();
+    let (incident, page) = blocking(move || {
         let incident = store.incident(&key)?;
-        let events = store.incident_events(&key)?;
-        Ok::<_, crate::store::StoreError>((incident, events))
+        let page = store.incident_events_page(&key, at.as_deref(), TIMELINE_ROWS)?;
+        Ok::<_, crate::store::StoreError>((incident, page))
     })
     .await?;
     let incident = incident.ok_or_else(|| ApiError::IncidentNotFound(id.to_string()))?;
-    // One read of the store serves both the page and its render.
-    let renderer = state.renderer.clone();
-    let (for_pack, events_for_pack) = (incident.clone(), events.clone());
-    let pack = blocking(move || renderer.preview_of(&for_pack, &events_for_pack)).await?;
-    events.sort_by_key(|e| e.occurred_at);
+    let pack = &rendered.pack;
     let file =
         |name: &str| String::from_utf8_lossy(pack.file(name).unwrap_or_default()).into_owned();
-    let index: std::collections::HashMap<ulid::Ulid, (usize, String)> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.id, (i + 1, e.title.clone())))
-        .collect();
-    let rows: Vec<Value> = events.iter().map(event_row).collect();
-    let history: Vec<Value> = events
-        .iter()
-        .filter(|e| e.kind.as_str().starts_with("annotation."))
-        .map(event_row)
-        .collect();
+    let index = &rendered.evidence;
+    let rows: Vec<Value> = page.items.iter().map(event_row).collect();
+    let history: Vec<Value> = rendered.history.iter().map(event_row).collect();
     let thread = file("twitter-thread.txt");
     let tweets: Vec<Value> = thread
         .split("\n\n")
@@ -503,7 +506,19 @@ async fn incident(
     // Our own SVG: every text in it is XML-escaped when drawn.
     ctx.insert("svg".into(), Value::from(file("timeline.svg")));
     ctx.insert("events".into(), Value::from(rows));
-    ctx.insert("facts".into(), Value::from(facts_view(f, &index)));
+    ctx.insert("events_total".into(), Value::from(incident.event_count));
+    ctx.insert(
+        "events_next".into(),
+        json!(page
+            .next
+            .as_deref()
+            .map(|n| format!("/ui/incidents/{id}?events={}", urlencode(n)))),
+    );
+    ctx.insert(
+        "events_first".into(),
+        json!(cursor.is_some().then(|| format!("/ui/incidents/{id}"))),
+    );
+    ctx.insert("facts".into(), Value::from(facts_view(f, index)));
     ctx.insert(
         "postmortem_html".into(),
         Value::from(markdown_to_html(&file("postmortem.md"))),
@@ -557,9 +572,8 @@ async fn edit(
         return Ok(r);
     }
     let id = parse_id(&path)?;
-    let renderer = state.renderer.clone();
-    let key = id.clone();
-    let current = blocking(move || renderer.preview(&key)).await?.facts;
+    let rendered = state.renderer.rendered(&id).await?;
+    let current = &rendered.pack.facts;
     // Only what changed becomes an annotation, so the history stays readable.
     let changed = |new: Option<String>, old: Option<String>| {
         new.filter(|n| Some(n.as_str()) != old.as_deref() && !n.is_empty())

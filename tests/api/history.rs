@@ -310,3 +310,89 @@ async fn retention_prunes_only_unattached_events_older_than_the_setting() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["id"], kept.id.to_string());
 }
+
+/// An open incident with `n` events, written straight into the real store.
+fn big_incident(app: &TestApp, id: &str, n: u64) {
+    let now = Utc::now();
+    let incident: incidentpost::domain::Incident = serde_json::from_value(serde_json::json!({
+        "id": id, "title": format!("big {id}"), "status": "triggered", "opened_by": "pagerduty",
+        "triggered_at": now - Duration::hours(2), "reopen_count": 0, "event_count": n,
+        "next_seq": n, "updated_at": now
+    }))
+    .unwrap();
+    let iid = incident.id.clone();
+    app.store
+        .write(&mut |tx| {
+            tx.put_incident(&incident)?;
+            for seq in 0..n {
+                let mut e = old_alert(Duration::minutes(120 - (seq as i64 % 100)), seq as usize);
+                e.incident_id = Some(iid.clone());
+                e.correlation = Some(incidentpost::domain::CorrelationRule::SoleOpen);
+                tx.put_incident_event(seq, &e)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn renders_queue_on_a_bounded_pool_and_webhooks_keep_answering_while_it_is_full() {
+    let app = spawn_app_with("[render]\nmax_concurrent = 1\nqueue_timeout_secs = 1", None).await;
+    let ids: Vec<String> = (0..16).map(|i| format!("PBIG{i}")).collect();
+    for id in &ids {
+        big_incident(&app, id, 2_000);
+    }
+    let downloads: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let client = app.client.clone();
+            let url = format!("{}/incidents/{id}/pack.zip", app.address);
+            tokio::spawn(async move { client.get(url).send().await.unwrap() })
+        })
+        .collect();
+    // Webhooks while every render slot is taken: answered, and stored.
+    let mut webhook_statuses = Vec::new();
+    for i in 0..10 {
+        let dd = datadog_alert(
+            &format!("busy{i}"),
+            "Triggered",
+            "while rendering",
+            &format!("cb{i}"),
+            "service:api",
+            Utc::now(),
+        );
+        let res = tokio::time::timeout(std::time::Duration::from_secs(10), app.post_datadog(&dd))
+            .await
+            .expect("a webhook answers while renders queue");
+        webhook_statuses.push(res.status().as_u16());
+    }
+    assert!(
+        webhook_statuses.iter().all(|s| *s == 202),
+        "{webhook_statuses:?}"
+    );
+    let mut ok = 0;
+    let mut busy = 0;
+    for d in downloads {
+        let res = d.await.unwrap();
+        match res.status().as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(res.headers()["retry-after"], "5");
+                assert_eq!(
+                    res.json::<Value>().await.unwrap()["error"]["code"],
+                    "overloaded"
+                );
+                busy += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(ok >= 1, "the pool renders: {ok} ok, {busy} busy");
+    assert!(
+        busy >= 1,
+        "a full pool answers 503 after the queue timeout: {ok} ok, {busy} busy"
+    );
+    // A second download of a rendered draft comes from the cache, not the pool.
+    let again = app.get("/incidents/PBIG0/pack.zip").await;
+    assert_eq!(again.status(), 200);
+}
