@@ -48,6 +48,22 @@ impl Correlator {
         }
     }
 
+    /// A short fingerprint of the service map, `None` without one. Unattached events are
+    /// filed under it (with their mapped service), so a changed map is told apart.
+    pub fn map_fingerprint(&self) -> Option<String> {
+        if !self.has_map() {
+            return None;
+        }
+        let json = serde_json::to_vec(&self.services).unwrap_or_default();
+        Some(crate::sources::signature::sha256_hex(&json)[..12].to_owned())
+    }
+
+    /// What an unattached event is filed under with a service map: fingerprint and the
+    /// service the map gives it (empty when none).
+    pub fn filing_of(&self, fingerprint: &str, service: Option<&str>) -> String {
+        format!("{fingerprint}:{}", service.unwrap_or(""))
+    }
+
     /// True when a service map is configured.
     pub fn has_map(&self) -> bool {
         !self.services.is_empty()

@@ -135,6 +135,7 @@ impl Ingest {
     ) -> Result<(Ingest, Committer), StoreError> {
         let index = IncidentIndex::load(&correlator, store.as_ref(), Utc::now())?;
         let open = Arc::new(AtomicUsize::new(index.open_count()));
+        let filing = filing_since(store.as_ref(), &correlator)?;
         let (queue, rx) = mpsc::channel(queue_depth);
         let (changes, _) = broadcast::channel(1024);
         let cancel = CancellationToken::new();
@@ -144,6 +145,7 @@ impl Ingest {
                 correlator,
                 index: Arc::new(std::sync::Mutex::new(index)),
                 open: open.clone(),
+                filing: filing.clone(),
             },
             rx,
             max_batch.max(1),
@@ -201,6 +203,35 @@ struct Committing {
     correlator: Arc<Correlator>,
     index: Arc<std::sync::Mutex<IncidentIndex>>,
     open: Arc<AtomicUsize>,
+    /// With a service map: its fingerprint and since when unattached events are filed
+    /// under it (older ones are read by time and filtered, see `pull_in`).
+    filing: Option<(String, DateTime<Utc>)>,
+}
+
+/// The cursor that says since when the stream is filed under the current service map.
+const STREAM_MAP_CURSOR: &str = "stream_map";
+
+/// The service map's fingerprint and since when events are filed under it; a new map (or
+/// none before) starts now.
+fn filing_since(
+    store: &dyn Store,
+    correlator: &Correlator,
+) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+    let Some(fp) = correlator.map_fingerprint() else {
+        return Ok(None);
+    };
+    let saved = store.cursor(STREAM_MAP_CURSOR)?;
+    if let Some((saved_fp, since)) = saved.as_deref().and_then(|s| s.split_once('@')) {
+        if saved_fp == fp {
+            if let Ok(t) = DateTime::parse_from_rfc3339(since) {
+                return Ok(Some((fp, t.with_timezone(&Utc))));
+            }
+        }
+    }
+    let now = Utc::now();
+    store.put_cache(STREAM_MAP_CURSOR, &format!("{fp}@{}", now.to_rfc3339()))?;
+    store.flush()?;
+    Ok(Some((fp, now)))
 }
 
 async fn run_committer(
@@ -259,10 +290,11 @@ async fn commit_batch(
     let result = tokio::task::spawn_blocking(move || {
         let now = Utc::now();
         let mut index = work.index.lock().unwrap_or_else(|p| p.into_inner());
-        let applied = apply_submissions(
+        let applied = apply_submissions_filed(
             work.store.as_ref(),
             &work.correlator,
             &mut index,
+            work.filing.as_ref().map(|(fp, _)| fp.as_str()),
             &submissions,
             now,
         )?;
@@ -337,7 +369,7 @@ fn pull_in(c: &Committing, id: &IncidentId, now: DateTime<Utc>) -> Result<usize,
     let correlator = &c.correlator;
     let marker = pull_in_marker(id);
     let Some(incident) = store.incident(id)? else {
-        store.write(&mut |tx| tx.remove_cursor(&marker))?;
+        store.forget_cursor(&marker)?;
         return Ok(0);
     };
     let triggered = incident.triggered_at;
@@ -353,25 +385,46 @@ fn pull_in(c: &Committing, id: &IncidentId, now: DateTime<Utc>) -> Result<usize,
     };
     enum Pass {
         Naming,
-        Window(StreamPart, DateTime<Utc>),
+        Window(StreamPart, DateTime<Utc>, DateTime<Utc>),
     }
-    let passes = [
+    let short = start(correlator.lookback);
+    let mut passes = vec![
         Pass::Naming,
         Pass::Window(
             StreamPart::Changes,
             start(correlator.change_lookback.max(correlator.lookback)),
+            now,
         ),
-        Pass::Window(StreamPart::All, start(correlator.lookback)),
     ];
+    match &c.filing {
+        // With a service map, the short window reads only the incident's service's
+        // events (those filed since the map last changed), and older ones by time.
+        Some((fp, since)) => {
+            if short < *since {
+                passes.push(Pass::Window(StreamPart::All, short, *since));
+            }
+            let under = correlator.filing_of(fp, incident.service.as_deref());
+            passes.push(Pass::Window(
+                StreamPart::Filed(under),
+                short.max(*since),
+                now,
+            ));
+        }
+        None => passes.push(Pass::Window(StreamPart::All, short, now)),
+    }
     let mut moved = 0;
     for pass in passes {
         let mut after: Option<Vec<u8>> = None;
         loop {
             let chunk = match &pass {
                 Pass::Naming => store.stream_naming(id, after.as_deref(), PULL_IN_CHUNK)?,
-                Pass::Window(part, from) => {
-                    store.stream_window(*part, *from, now, after.as_deref(), PULL_IN_CHUNK)?
-                }
+                Pass::Window(part, from, to) => store.stream_window(
+                    part.clone(),
+                    *from,
+                    *to,
+                    after.as_deref(),
+                    PULL_IN_CHUNK,
+                )?,
             };
             let Some((last, _)) = chunk.last() else { break };
             after = Some(last.clone());
@@ -409,7 +462,9 @@ fn pull_in(c: &Committing, id: &IncidentId, now: DateTime<Utc>) -> Result<usize,
             }
         }
     }
-    store.write(&mut |tx| tx.remove_cursor(&marker))?;
+    // Every chunk moved is flushed already; the marker's removal need not be (a lost one
+    // repeats this pull-in, which then finds nothing).
+    store.forget_cursor(&marker)?;
     if moved > 0 {
         tracing::info!(incident = %id, events = moved, "pulled in from the look-back window");
     }
@@ -436,6 +491,19 @@ pub fn apply_submissions(
     submissions: &[Submission],
     now: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
+    apply_submissions_filed(store, correlator, index, None, submissions, now)
+}
+
+/// Like [`apply_submissions`], filing unattached events under the service map
+/// `fingerprint`.
+fn apply_submissions_filed(
+    store: &dyn Store,
+    correlator: &Correlator,
+    index: &mut IncidentIndex,
+    fingerprint: Option<&str>,
+    submissions: &[Submission],
+    now: DateTime<Utc>,
+) -> Result<Applied, StoreError> {
     let mut applied = Applied::default();
     let result = store.write(&mut |tx| {
         // The unit may be retried by the engine: start from scratch each time.
@@ -445,6 +513,7 @@ pub fn apply_submissions(
             correlator,
             now,
             index: &mut *index,
+            fingerprint,
             placed: std::collections::HashMap::new(),
             changes: Vec::new(),
             opened: Vec::new(),
@@ -556,6 +625,8 @@ struct Unit<'a> {
     now: DateTime<Utc>,
     /// Open and in-grace incidents, as of this unit's writes.
     index: &'a mut IncidentIndex,
+    /// The service map's fingerprint, to file unattached events under.
+    fingerprint: Option<&'a str>,
     /// Incidents PagerDuty opened in this unit (their pull-in follows the commit).
     opened: Vec<IncidentId>,
     /// Where each event of this unit went, so an annotation follows the message it was
@@ -643,7 +714,14 @@ fn attach_event(
             Ok(Some(incident.id))
         }
         None => {
-            tx.put_stream_event(event)?;
+            match unit.fingerprint {
+                Some(fp) => {
+                    let service = unit.correlator.service_of(event);
+                    let under = unit.correlator.filing_of(fp, service.as_deref());
+                    tx.file_stream_event(event, &under)?;
+                }
+                None => tx.put_stream_event(event)?,
+            }
             Ok(None)
         }
     }

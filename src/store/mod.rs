@@ -31,12 +31,15 @@ pub struct Page<T> {
 }
 
 /// Which part of the unattached stream a look-back reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamPart {
     /// Change events only (deploys, merges, rollbacks): the long look-back.
     Changes,
     /// Every event: the short look-back.
     All,
+    /// The events filed under one service of one service map (see
+    /// [`WriteTx::file_stream_event`]).
+    Filed(String),
 }
 
 /// An unattached event with its index key (to continue a chunked read after it).
@@ -137,6 +140,10 @@ pub trait WriteTx {
     fn put_incident_event(&mut self, seq: u64, event: &Event) -> Result<(), StoreError>;
     /// Appends an event to the unattached stream.
     fn put_stream_event(&mut self, event: &Event) -> Result<(), StoreError>;
+    /// Appends an event to the unattached stream filed under `filed_under` (the service
+    /// map's fingerprint and the service it maps the event to), so a look-back with a map
+    /// reads only its service's events.
+    fn file_stream_event(&mut self, event: &Event, filed_under: &str) -> Result<(), StoreError>;
     /// An unattached event, if it is still in the stream.
     fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError>;
     /// Removes an event from the unattached stream and its indexes (when an incident
@@ -208,6 +215,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes up to `limit` unattached events that occurred before `cutoff`, with their
     /// raw payloads, in one flushed unit; returns how many went.
     fn prune_stream(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StoreError>;
+    /// Forgets a saved cursor outside any unit, without a flush (sled's background flush
+    /// persists it; losing it in a crash only repeats idempotent work).
+    fn forget_cursor(&self, key: &str) -> Result<(), StoreError>;
     /// Saved cursors whose key starts with `prefix`.
     fn cursors_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// A saved cursor, outside any unit.

@@ -47,6 +47,7 @@ const IX_EVENT_TIME: u8 = b'e';
 const IX_STREAM_TIME: u8 = b's';
 const IX_STREAM_CHANGE: u8 = b'c';
 const IX_STREAM_REF: u8 = b'f';
+const IX_STREAM_FILED: u8 = b'v';
 
 /// A time as 8 bytes that sort like the time.
 fn time_key(t: DateTime<Utc>) -> [u8; 8] {
@@ -469,6 +470,20 @@ impl WriteTx for SledTx<'_> {
         Ok(())
     }
 
+    fn file_stream_event(&mut self, event: &Event, filed_under: &str) -> Result<(), StoreError> {
+        self.put_stream_event(event)?;
+        let t = time_key(event.occurred_at);
+        let ulid = event.id.to_bytes();
+        // The time key's value remembers where the event is filed, for its removal.
+        self.index
+            .insert(ix_key(IX_STREAM_TIME, &[&t, &ulid]), filed_under.as_bytes())?;
+        self.index.insert(
+            ix_key(IX_STREAM_FILED, &[filed_under.as_bytes(), &[0], &t, &ulid]),
+            &[],
+        )?;
+        Ok(())
+    }
+
     fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError> {
         let key = id.to_bytes();
         self.stream
@@ -482,6 +497,14 @@ impl WriteTx for SledTx<'_> {
             return Ok(None);
         };
         self.stream.remove(&id.to_bytes()[..])?;
+        let t = time_key(event.occurred_at);
+        let ulid = id.to_bytes();
+        if let Some(filed) = self.index.get(ix_key(IX_STREAM_TIME, &[&t, &ulid]))? {
+            if !filed.is_empty() {
+                self.index
+                    .remove(ix_key(IX_STREAM_FILED, &[&filed, &[0], &t, &ulid]))?;
+            }
+        }
         for k in stream_index_keys(&event) {
             self.index.remove(k)?;
         }
@@ -734,9 +757,10 @@ impl Store for SledStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Keyed>, StoreError> {
-        let prefix = match part {
-            StreamPart::Changes => IX_STREAM_CHANGE,
-            StreamPart::All => IX_STREAM_TIME,
+        let prefix = match &part {
+            StreamPart::Changes => vec![IX_STREAM_CHANGE],
+            StreamPart::All => vec![IX_STREAM_TIME],
+            StreamPart::Filed(under) => ix_key(IX_STREAM_FILED, &[under.as_bytes(), &[0]]),
         };
         let start = match after {
             Some(k) => {
@@ -744,10 +768,10 @@ impl Store for SledStore {
                 k.push(0);
                 k
             }
-            None => ix_key(prefix, &[&time_key(from)]),
+            None => [prefix.as_slice(), &time_key(from)].concat(),
         };
         // Inclusive of `to`: up to the last ULID of that millisecond.
-        let end = ix_key(prefix, &[&time_key(to), &[0xff; 17]]);
+        let end = [prefix.as_slice(), &time_key(to), &[0xff; 17]].concat();
         if start >= end {
             return Ok(Vec::new());
         }
@@ -802,6 +826,11 @@ impl Store for SledStore {
             Ok(())
         })?;
         Ok(removed)
+    }
+
+    fn forget_cursor(&self, key: &str) -> Result<(), StoreError> {
+        self.cursors.remove(key.as_bytes())?;
+        Ok(())
     }
 
     fn cursors_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {

@@ -371,6 +371,9 @@ impl Store for FaultyStore {
     ) -> Result<usize, StoreError> {
         self.inner.prune_stream(cutoff, limit)
     }
+    fn forget_cursor(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.forget_cursor(key)
+    }
     fn cursors_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         self.inner.cursors_with_prefix(prefix)
     }

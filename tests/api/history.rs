@@ -396,3 +396,96 @@ async fn renders_queue_on_a_bounded_pool_and_webhooks_keep_answering_while_it_is
     let again = app.get("/incidents/PBIG0/pack.zip").await;
     assert_eq!(again.status(), 200);
 }
+
+const MAP: &str = r#"
+[[services]]
+name = "api"
+pagerduty = ["API Service"]
+datadog = ["service:api"]
+
+[[services]]
+name = "web"
+pagerduty = ["Web"]
+datadog = ["service:web"]
+"#;
+
+#[tokio::test]
+async fn with_a_service_map_a_trigger_takes_only_its_service_from_a_busy_window_also_after_a_map_change(
+) {
+    // Events filed before any map: found by time and filtered.
+    let app = spawn_app().await;
+    let early = datadog_alert(
+        "early-api",
+        "Triggered",
+        "api before the map",
+        "ce",
+        "service:api",
+        Utc::now() - Duration::minutes(10),
+    );
+    assert_eq!(app.post_datadog(&early).await.status(), 202);
+    let dir = app.stop().await;
+
+    let app = spawn_app_with(MAP, Some(dir)).await;
+    for i in 0..300 {
+        let dd = datadog_alert(
+            &format!("web{i}"),
+            "Triggered",
+            &format!("web {i}"),
+            &format!("cw{i}"),
+            "service:web",
+            Utc::now() - Duration::minutes(5),
+        );
+        assert_eq!(app.post_datadog(&dd).await.status(), 202);
+    }
+    let api = datadog_alert(
+        "api1",
+        "Triggered",
+        "api pool at 98%",
+        "ca",
+        "service:api",
+        Utc::now() - Duration::minutes(4),
+    );
+    assert_eq!(app.post_datadog(&api).await.status(), 202);
+    let trigger = pd_v3_on(
+        "API Service",
+        "incident.triggered",
+        "PMAPPED",
+        "01MAPPED",
+        &at_offset(0),
+    );
+    assert_eq!(app.post_pagerduty(&trigger).await.status(), 202);
+    let titles: Vec<String> = app
+        .events("PMAPPED")
+        .await
+        .iter()
+        .map(|e| e["title"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        titles.contains(&"Alert: api pool at 98%".to_owned()),
+        "{titles:?}"
+    );
+    assert!(
+        titles.contains(&"Alert: api before the map".to_owned()),
+        "{titles:?}"
+    );
+    assert_eq!(titles.len(), 3, "only the api events: {titles:?}");
+    let mut left = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/events/unattached?limit=500&cursor={c}"),
+            None => "/events/unattached?limit=500".to_owned(),
+        };
+        let page = app.get_json(&path).await;
+        left += page["events"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(left, 300, "the web events stay unattached");
+    // A web trigger takes them, from its own filing.
+    let web = pd_v3_on("Web", "incident.triggered", "PWEB", "01WEB", &at_offset(0));
+    assert_eq!(app.post_pagerduty(&web).await.status(), 202);
+    assert_eq!(app.get_json("/incidents/PWEB").await["event_count"], 301);
+}
