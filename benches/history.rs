@@ -415,16 +415,16 @@ fn main() {
         wait_ready(&client, &server.base).await;
         let pid = server.child.id();
         println!("\none incident with {big_n} events");
-        println!("| request | first ms | then p50 ms | p99 ms | errors |");
-        println!("|---|---|---|---|---|");
+        println!("| request | bytes | first ms | then p50 ms | p99 ms | errors |");
+        println!("|---|---|---|---|---|---|");
         for path in ["/ui/incidents/PBIG", "/incidents/PBIG/pack.zip"] {
             let t = Instant::now();
             let first = client.get(format!("{}{path}", server.base)).send().await.unwrap();
             let ok = first.status().is_success();
-            let _ = first.bytes().await;
+            let bytes = first.bytes().await.map(|b| b.len()).unwrap_or(0);
             let first_ms = t.elapsed().as_secs_f64() * 1e3;
             let s = drive(&client, &server.base, Load::Get(path), 0, 20, 1).await;
-            println!("| `GET {path}` | {first_ms:.0}{} | {:.1} | {:.1} | {} |", if ok { "" } else { " (failed)" }, s.p50, s.p99, s.errors);
+            println!("| `GET {path}` | {bytes} | {first_ms:.0}{} | {:.1} | {:.1} | {} |", if ok { "" } else { " (failed)" }, s.p50, s.p99, s.errors);
         }
         // 20 page loads and 20 downloads at once, while signed webhooks keep coming.
         let before = rss_mib(pid);

@@ -39,6 +39,8 @@ pub struct Rendered {
     pub evidence: HashMap<Ulid, (usize, String)>,
     /// The annotation events (the edit history), by `occurred_at`.
     pub history: Vec<Event>,
+    /// `postmortem.md` as HTML, made by the first page that shows it.
+    pub html: std::sync::OnceLock<String>,
 }
 
 /// What a cached render was made from: any new event or edit changes it.
@@ -167,6 +169,24 @@ impl Renderer {
         self.render_with(id, permit).await
     }
 
+    /// Runs other heavy read work (assembling a big page from a render) on a render slot
+    /// and a blocking thread, waiting at most the queue timeout for the slot.
+    pub async fn heavy<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RenderFailure> {
+        let permit = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| RenderFailure::Busy)?
+            .map_err(|_| RenderFailure::Busy)?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| RenderFailure::Task(e.to_string()))
+    }
+
     /// Like [`Renderer::render_now`], waiting as long as it takes (background renders).
     pub async fn render_queued(
         self: &Arc<Self>,
@@ -225,6 +245,7 @@ impl Renderer {
             pack,
             evidence,
             history,
+            html: std::sync::OnceLock::new(),
         });
         self.remember(id, Version::of(&incident), rendered.clone());
         Ok(rendered)

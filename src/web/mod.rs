@@ -52,16 +52,20 @@ impl Pages {
     }
 
     fn page(&self, name: &str, ctx: &Value) -> HttpResponse {
-        match self.hb.render(name, ctx) {
-            Ok(html) => HttpResponse::Ok()
-                .content_type("text/html; charset=utf-8")
-                .insert_header(("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'"))
-                .insert_header(("X-Content-Type-Options", "nosniff"))
-                .body(html),
-            Err(e) => {
-                tracing::error!(error = %e, page = name, "page render failed");
-                HttpResponse::InternalServerError().body("internal error")
-            }
+        html_response(name, self.hb.render(name, ctx))
+    }
+}
+
+fn html_response(name: &str, html: Result<String, handlebars::RenderError>) -> HttpResponse {
+    match html {
+        Ok(html) => HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .insert_header(("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'"))
+            .insert_header(("X-Content-Type-Options", "nosniff"))
+            .body(html),
+        Err(e) => {
+            tracing::error!(error = %e, page = name, "page render failed");
+            HttpResponse::InternalServerError().body("internal error")
         }
     }
 }
@@ -415,6 +419,9 @@ pub struct IncidentQuery {
 
 /// Timeline rows per incident page.
 const TIMELINE_ROWS: usize = 500;
+/// Largest `timeline.svg` and `postmortem.md` the incident page shows inline; bigger
+/// ones are linked (the img loads the SVG from the pack).
+const INLINE_MAX_BYTES: usize = 256 * 1024;
 
 async fn incident(
     state: web::Data<AppState>,
@@ -437,6 +444,13 @@ async fn incident(
     })
     .await?;
     let incident = incident.ok_or_else(|| ApiError::IncidentNotFound(id.to_string()))?;
+    let mut ctx = base_ctx(&req, &state, &incident.title);
+    // Assembling a big incident's page costs tens of milliseconds of CPU: it runs on a
+    // render slot, off the request workers, so webhooks never queue behind it.
+    let pages = state.pages.clone();
+    let html = state
+        .renderer
+        .heavy(move || {
     let pack = &rendered.pack;
     let file =
         |name: &str| String::from_utf8_lossy(pack.file(name).unwrap_or_default()).into_owned();
@@ -463,7 +477,6 @@ async fn incident(
     for _ in 0..3 {
         action_rows.push(json!({"text": "", "high": false, "medium": true, "low": false}));
     }
-    let mut ctx = base_ctx(&req, &state, &incident.title);
     let title = f
         .title
         .value
@@ -503,8 +516,17 @@ async fn incident(
                 .join(", ")
         }),
     );
-    // Our own SVG: every text in it is XML-escaped when drawn.
-    ctx.insert("svg".into(), Value::from(file("timeline.svg")));
+    // Our own SVG: every text in it is XML-escaped when drawn. A big one (and a long
+    // postmortem) is linked rather than inlined: the page stays a page.
+    let svg = pack.file("timeline.svg").unwrap_or_default();
+    ctx.insert(
+        "svg".into(),
+        Value::from(if svg.len() <= INLINE_MAX_BYTES {
+            String::from_utf8_lossy(svg).into_owned()
+        } else {
+            String::new()
+        }),
+    );
     ctx.insert("events".into(), Value::from(rows));
     ctx.insert("events_total".into(), Value::from(incident.event_count));
     ctx.insert(
@@ -521,7 +543,14 @@ async fn incident(
     ctx.insert("facts".into(), Value::from(facts_view(f, index)));
     ctx.insert(
         "postmortem_html".into(),
-        Value::from(markdown_to_html(&file("postmortem.md"))),
+        Value::from(if pack.file("postmortem.md").unwrap_or_default().len() <= INLINE_MAX_BYTES {
+            rendered
+                .html
+                .get_or_init(|| markdown_to_html(&file("postmortem.md")))
+                .clone()
+        } else {
+            String::new()
+        }),
     );
     ctx.insert("hn_chars".into(), Value::from(hn.chars().count()));
     ctx.insert("hn".into(), Value::from(hn));
@@ -539,7 +568,10 @@ async fn incident(
             "customer_message": f.customer_message.value.clone().unwrap_or_default(),
         }),
     );
-    Ok(state.pages.page("incident", &Value::Object(ctx)))
+            pages.hb.render("incident", &Value::Object(ctx))
+        })
+        .await?;
+    Ok(html_response("incident", html))
 }
 
 fn event_row(e: &Event) -> Value {
