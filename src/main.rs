@@ -1,6 +1,11 @@
 //! The `incidentpost` binary: wiring only.
 #![forbid(unsafe_code)]
 
+/// mimalloc: the webhook path allocates per request and sled copies nodes on writes; it
+/// beat the system allocator in `scripts/bench-ingest` (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
