@@ -208,11 +208,19 @@ impl FailureLimiter {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if clients.len() >= self.max_clients && !clients.contains_key(&client) {
             // Bounded memory under a spray of addresses: forget finished windows first,
-            // everything if that is not enough.
+            // then addresses not locked out, and only then the oldest half: a spray must
+            // not unlock a guesser.
             let window = self.window;
             clients.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
             if clients.len() >= self.max_clients {
-                clients.clear();
+                let max = self.max_per_window;
+                clients.retain(|_, (_, count)| *count >= max);
+            }
+            if clients.len() >= self.max_clients {
+                let mut starts: Vec<Instant> = clients.values().map(|(s, _)| *s).collect();
+                starts.sort();
+                let cutoff = starts[starts.len() / 2];
+                clients.retain(|_, (start, _)| *start > cutoff);
             }
         }
         let entry = clients.entry(client).or_insert((now, 0));
@@ -249,6 +257,25 @@ mod tests {
         assert_eq!(limiter.retry_after(a, t0 + Duration::from_secs(61)), None);
         limiter.record(a, t0 + Duration::from_secs(61));
         assert_eq!(limiter.retry_after(a, t0 + Duration::from_secs(62)), None);
+    }
+
+    #[test]
+    fn a_spray_of_addresses_does_not_unlock_a_locked_client() {
+        let limiter = FailureLimiter::new(3, 100);
+        let guesser: IpAddr = "192.0.2.9".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            limiter.record(guesser, t0);
+        }
+        for i in 0..10_000u32 {
+            limiter.record(
+                IpAddr::from((i + 1).to_be_bytes()),
+                t0 + Duration::from_secs(1),
+            );
+        }
+        assert!(limiter
+            .retry_after(guesser, t0 + Duration::from_secs(2))
+            .is_some());
     }
 
     #[test]

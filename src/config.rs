@@ -510,6 +510,14 @@ impl Settings {
                 "must be between 1 and 3650",
             ));
         }
+        if u64::from(self.storage.stream_retention_days) * 24
+            < u64::from(self.correlation.change_lookback_hours)
+        {
+            return Err(invalid(
+                "storage.stream_retention_days",
+                "must cover correlation.change_lookback_hours (a trigger pulls in changes that old)",
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",

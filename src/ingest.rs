@@ -218,6 +218,8 @@ fn filing_since(
     correlator: &Correlator,
 ) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
     let Some(fp) = correlator.map_fingerprint() else {
+        // No map: nothing is filed from now on, so a map set later starts afresh.
+        store.forget_cursor(STREAM_MAP_CURSOR)?;
         return Ok(None);
     };
     let saved = store.cursor(STREAM_MAP_CURSOR)?;
@@ -400,8 +402,10 @@ fn pull_in(c: &Committing, id: &IncidentId, now: DateTime<Utc>) -> Result<usize,
         // With a service map, the short window reads only the incident's service's
         // events (those filed since the map last changed), and older ones by time.
         Some((fp, since)) => {
-            if short < *since {
-                passes.push(Pass::Window(StreamPart::All, short, *since));
+            // Events stored before the map was set may be dated up to a day later.
+            let unfiled_until = (*since + chrono::Duration::days(1)).min(now);
+            if short < unfiled_until {
+                passes.push(Pass::Window(StreamPart::All, short, unfiled_until));
             }
             let under = correlator.filing_of(fp, incident.service.as_deref());
             passes.push(Pass::Window(
@@ -426,10 +430,9 @@ fn pull_in(c: &Committing, id: &IncidentId, now: DateTime<Utc>) -> Result<usize,
                     PULL_IN_CHUNK,
                 )?,
             };
-            let Some((last, _)) = chunk.last() else { break };
-            after = Some(last.clone());
-            let full = chunk.len() == PULL_IN_CHUNK;
+            let next = chunk.next;
             let take: Vec<Ulid> = chunk
+                .items
                 .into_iter()
                 .filter(|(_, e)| matches!(pass, Pass::Naming) || in_window(e))
                 .map(|(_, e)| e.id)
@@ -457,8 +460,9 @@ fn pull_in(c: &Committing, id: &IncidentId, now: DateTime<Utc>) -> Result<usize,
                 })?;
                 moved += n;
             }
-            if !full {
-                break;
+            match next {
+                Some(k) => after = Some(k),
+                None => break,
             }
         }
     }
@@ -583,6 +587,12 @@ fn apply_submissions_filed(
         Ok(()) => {
             index.commit(now);
             Ok(applied)
+        }
+        // Committed, not flushed: the unit is stored, so is what the index learned (its
+        // pull-ins resume from their markers at the next start).
+        Err(e @ StoreError::NotFlushed(_)) => {
+            index.commit(now);
+            Err(e)
         }
         Err(e) => {
             index.rollback();

@@ -42,8 +42,17 @@ pub enum StreamPart {
     Filed(String),
 }
 
-/// An unattached event with its index key (to continue a chunked read after it).
+/// An unattached event with its index key.
 pub type Keyed = (Vec<u8>, Event);
+
+/// A chunk of a key-range read of the stream: the events found, and the last index key
+/// read when the read stopped at its limit (continue after it), `None` when the range is
+/// exhausted. Keys whose event went in between are skipped but still count.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub items: Vec<Keyed>,
+    pub next: Option<Vec<u8>>,
+}
 
 /// Storage failures. Callers answer 503 so providers retry.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +69,10 @@ pub enum StoreError {
     /// A concurrent writer touched the same keys; the write is retried by the engine.
     #[error("write conflict")]
     Conflict,
+    /// The unit committed but could not be flushed: it is kept (a retry is a duplicate),
+    /// the caller answers 503 all the same.
+    #[error("the unit was committed but not flushed: {0}")]
+    NotFlushed(String),
     /// A paging cursor that this store did not hand out.
     #[error("the cursor is not one this list handed out")]
     BadCursor,
@@ -203,7 +216,7 @@ pub trait Store: Send + Sync + 'static {
         to: DateTime<Utc>,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<Keyed>, StoreError>;
+    ) -> Result<Chunk, StoreError>;
     /// Unattached events that name `incident` (`incident_ref`, `pagerduty_incident`),
     /// after the key `after`, at most `limit`. Not from inside [`Store::write`].
     fn stream_naming(
@@ -211,9 +224,10 @@ pub trait Store: Send + Sync + 'static {
         incident: &IncidentId,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<Keyed>, StoreError>;
-    /// Removes up to `limit` unattached events that occurred before `cutoff`, with their
-    /// raw payloads, in one flushed unit; returns how many went.
+    ) -> Result<Chunk, StoreError>;
+    /// Removes up to `limit` unattached events that occurred before `cutoff` in one
+    /// flushed unit; returns how many went. Raw payloads stay: one may be shared with
+    /// events of the same delivery that joined an incident.
     fn prune_stream(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StoreError>;
     /// Forgets a saved cursor outside any unit, without a flush (sled's background flush
     /// persists it; losing it in a crash only repeats idempotent work).

@@ -30,7 +30,7 @@ use sled::Transactional;
 use ulid::Ulid;
 
 use super::{
-    DeliveryRecord, ExportRecord, Keyed, Page, Store, StoreError, StreamPart, WriteTx,
+    Chunk, DeliveryRecord, ExportRecord, Keyed, Page, Store, StoreError, StreamPart, WriteTx,
     EXPORT_FORMAT, SCHEMA_VERSION,
 };
 use crate::domain::{Event, Incident, IncidentId, KEY_INCIDENT_REF, KEY_PAGERDUTY_INCIDENT};
@@ -319,6 +319,17 @@ impl SledStore {
         Ok(out)
     }
 
+    /// The events of stream index keys read with `limit`: a full read may continue.
+    fn stream_chunk(&self, keys: Vec<Vec<u8>>, limit: usize) -> Result<Chunk, StoreError> {
+        let next = (keys.len() >= limit)
+            .then(|| keys.last().cloned())
+            .flatten();
+        Ok(Chunk {
+            items: self.stream_events_at(keys)?,
+            next,
+        })
+    }
+
     fn stream_events_at(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Keyed>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
@@ -580,9 +591,10 @@ impl Store for SledStore {
                 }
             }
         }
-        Err(last
-            .map(StoreError::from)
-            .unwrap_or(StoreError::Unavailable("flush failed".into())))
+        Err(StoreError::NotFlushed(
+            last.map(|e| e.to_string())
+                .unwrap_or_else(|| "flush failed".into()),
+        ))
     }
 
     fn incident(&self, id: &IncidentId) -> Result<Option<Incident>, StoreError> {
@@ -756,7 +768,7 @@ impl Store for SledStore {
         to: DateTime<Utc>,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<Keyed>, StoreError> {
+    ) -> Result<Chunk, StoreError> {
         let prefix = match &part {
             StreamPart::Changes => vec![IX_STREAM_CHANGE],
             StreamPart::All => vec![IX_STREAM_TIME],
@@ -773,10 +785,10 @@ impl Store for SledStore {
         // Inclusive of `to`: up to the last ULID of that millisecond.
         let end = [prefix.as_slice(), &time_key(to), &[0xff; 17]].concat();
         if start >= end {
-            return Ok(Vec::new());
+            return Ok(Chunk::default());
         }
         let keys = self.index_keys(start, end, limit)?;
-        self.stream_events_at(keys)
+        self.stream_chunk(keys, limit)
     }
 
     fn stream_naming(
@@ -784,7 +796,7 @@ impl Store for SledStore {
         incident: &IncidentId,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<Keyed>, StoreError> {
+    ) -> Result<Chunk, StoreError> {
         let prefix = ix_key(IX_STREAM_REF, &[incident.as_str().as_bytes(), &[0]]);
         let start = match after {
             Some(k) => {
@@ -797,7 +809,7 @@ impl Store for SledStore {
         let mut end = prefix;
         *end.last_mut().expect("prefix ends in 0x00") = 1;
         let keys = self.index_keys(start, end, limit)?;
-        self.stream_events_at(keys)
+        self.stream_chunk(keys, limit)
     }
 
     fn prune_stream(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
@@ -814,12 +826,7 @@ impl Store for SledStore {
         self.write(&mut |tx| {
             removed = 0;
             for id in &ids {
-                if let Some(e) = tx.remove_stream_event(*id)? {
-                    // The raw payload is keyed by the first event of its delivery; the
-                    // other events of a multi-event delivery point at it too.
-                    if e.raw_id == Some(e.id) {
-                        tx.remove_raw(e.id)?;
-                    }
+                if tx.remove_stream_event(*id)?.is_some() {
                     removed += 1;
                 }
             }

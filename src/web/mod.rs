@@ -297,7 +297,8 @@ async fn list(
     });
     let mut ctx = base_ctx(&req, &state, "Incidents");
     ctx.insert("incidents".into(), Value::from(rows));
-    ctx.insert("total".into(), Value::from(total));
+    let unfiltered = status == "all" && service.is_empty() && q.is_empty();
+    ctx.insert("total".into(), json!(unfiltered.then_some(total)));
     ctx.insert("one".into(), Value::Bool(total == 1));
     ctx.insert("shown".into(), Value::from(page.items.len()));
     ctx.insert("older".into(), json!(older));

@@ -353,7 +353,7 @@ impl Store for FaultyStore {
         to: chrono::DateTime<chrono::Utc>,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<incidentpost::store::Keyed>, StoreError> {
+    ) -> Result<incidentpost::store::Chunk, StoreError> {
         self.inner.stream_window(part, from, to, after, limit)
     }
     fn stream_naming(
@@ -361,7 +361,7 @@ impl Store for FaultyStore {
         incident: &incidentpost::domain::IncidentId,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<incidentpost::store::Keyed>, StoreError> {
+    ) -> Result<incidentpost::store::Chunk, StoreError> {
         self.inner.stream_naming(incident, after, limit)
     }
     fn prune_stream(
