@@ -295,11 +295,17 @@ fn build_sources(settings: &Settings) -> (BTreeMap<Source, Arc<dyn WebhookSource
     (enabled, disabled)
 }
 
-fn spawn_delivery_pruner(
-    store: Arc<dyn Store>,
-    retention_days: u32,
+/// Runs `round` every hour (the first at once) until `stop`; a failed round logs and
+/// the next one retries.
+fn spawn_hourly<F, Fut>(
+    what: &'static str,
     stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+    mut round: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<usize>> + Send,
+{
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(3600));
         loop {
@@ -307,16 +313,25 @@ fn spawn_delivery_pruner(
                 _ = stop.cancelled() => break,
                 _ = every.tick() => {}
             }
-            let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
-            let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.prune_deliveries(cutoff)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!(removed = n, "pruned old delivery keys"),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "pruning delivery keys failed; will retry")
-                }
-                Err(e) => tracing::warn!(error = %e, "pruning task failed; will retry"),
+            match round().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "pruned {what}"),
+                Err(e) => tracing::warn!(error = %e, "pruning {what} failed; will retry"),
             }
+        }
+    })
+}
+
+fn spawn_delivery_pruner(
+    store: Arc<dyn Store>,
+    retention_days: u32,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    spawn_hourly("old delivery keys", stop, move || {
+        let store = store.clone();
+        async move {
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+            Ok(tokio::task::spawn_blocking(move || store.prune_deliveries(cutoff)).await??)
         }
     })
 }
@@ -329,23 +344,12 @@ fn spawn_stream_pruner(
     retention_days: u32,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = every.tick() => {}
-            }
+    let rounds = stop.clone();
+    spawn_hourly("old unattached events", stop, move || {
+        let (store, stop) = (store.clone(), rounds.clone());
+        async move {
             let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
-            match prune_stream_before(&store, cutoff, &stop).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(removed = n, retention_days, "pruned old unattached events")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "pruning unattached events failed; will retry")
-                }
-            }
+            prune_stream_before(&store, cutoff, &stop).await
         }
     })
 }
@@ -375,21 +379,9 @@ fn spawn_session_pruner(
     auth: Arc<crate::auth::Auth>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = every.tick() => {}
-            }
-            let auth = auth.clone();
-            match tokio::task::spawn_blocking(move || auth.prune(chrono::Utc::now())).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!(removed = n, "pruned expired page sessions"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "pruning sessions failed; will retry"),
-                Err(e) => tracing::warn!(error = %e, "session pruning task failed; will retry"),
-            }
-        }
+    spawn_hourly("expired page sessions", stop, move || {
+        let auth = auth.clone();
+        async move { Ok(tokio::task::spawn_blocking(move || auth.prune(chrono::Utc::now())).await??) }
     })
 }
 

@@ -1,9 +1,8 @@
-//! `POST /webhooks/{source}`: read the raw body (bounded), verify, normalize, submit,
-//! answer 2xx only once the events are flushed.
+//! `POST /webhooks/{source}`: the raw body (read by the edge under the deadline and the
+//! size limit), verify, normalize, submit, answer 2xx only once the events are flushed.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
-use futures_util::StreamExt;
 use serde_json::json;
 
 use super::{ApiError, AppState};
@@ -15,7 +14,7 @@ pub async fn receive(
     state: web::Data<AppState>,
     path: web::Path<String>,
     req: HttpRequest,
-    payload: web::Payload,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner();
     let Ok(source) = name.parse::<Source>() else {
@@ -23,7 +22,7 @@ pub async fn receive(
     };
     let label = source.as_str();
     metrics::counter!("incidentpost_webhooks_received_total", "source" => label).increment(1);
-    let result = handle(&state, source, &req, payload).await;
+    let result = handle(&state, source, &req, body).await;
     match &result {
         Ok(_) => {}
         Err(e) => {
@@ -39,7 +38,7 @@ async fn handle(
     state: &AppState,
     source: Source,
     req: &HttpRequest,
-    payload: web::Payload,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let Some(handler) = state.sources.get(&source) else {
         return Err(if state.disabled_sources.contains(&source) {
@@ -48,12 +47,6 @@ async fn handle(
             ApiError::UnknownSource(source.to_string())
         });
     };
-    let body = tokio::time::timeout(
-        state.request_timeout,
-        read_body(req, payload, state.max_body_bytes),
-    )
-    .await
-    .map_err(|_| ApiError::BodyTimeout(state.request_timeout.as_secs()))??;
     let headers = Headers::new(
         req.headers()
             .iter()
@@ -111,29 +104,4 @@ async fn handle(
             HttpResponse::Ok().json(json!({"status": "duplicate", "event_ids": event_ids}))
         }
     })
-}
-
-/// Reads the whole body, refusing more than `limit` bytes (413) before buffering it.
-async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<web::Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get("Content-Length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BodyRead(e.to_string()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }

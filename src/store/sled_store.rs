@@ -113,6 +113,19 @@ fn ulid_of_key(k: &[u8]) -> Option<Ulid> {
     Some(Ulid::from_bytes(<[u8; 16]>::try_from(tail).ok()?))
 }
 
+/// The first key after `after` (exclusive) when continuing, else `from`.
+fn start_after(after: Option<&[u8]>, from: Vec<u8>) -> Vec<u8> {
+    match after {
+        Some(k) => {
+            let mut k = k.to_vec();
+            // The smallest key greater than `k`.
+            k.push(0);
+            k
+        }
+        None => from,
+    }
+}
+
 /// The cursor strings of the API: the hex of an index key.
 fn cursor_string(k: &[u8]) -> String {
     hex::encode(k)
@@ -700,13 +713,7 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Page<Event>, StoreError> {
         let prefix = ix_key(IX_EVENT_TIME, &[id.as_str().as_bytes(), &[0]]);
-        let start = match cursor_key(cursor, &prefix)? {
-            Some(mut k) => {
-                k.push(0);
-                k
-            }
-            None => prefix.clone(),
-        };
+        let start = start_after(cursor_key(cursor, &prefix)?.as_deref(), prefix.clone());
         let mut end = prefix.clone();
         *end.last_mut().expect("prefix ends in 0x00") = 1;
         let keys = self.index_keys(start, end, limit + 1)?;
@@ -736,13 +743,10 @@ impl Store for SledStore {
     }
 
     fn stream_page(&self, cursor: Option<&str>, limit: usize) -> Result<Page<Event>, StoreError> {
-        let start = match cursor_key(cursor, &[IX_STREAM_TIME])? {
-            Some(mut k) => {
-                k.push(0);
-                k
-            }
-            None => vec![IX_STREAM_TIME],
-        };
+        let start = start_after(
+            cursor_key(cursor, &[IX_STREAM_TIME])?.as_deref(),
+            vec![IX_STREAM_TIME],
+        );
         let keys = self.index_keys(start, vec![IX_STREAM_TIME + 1], limit + 1)?;
         let more = keys.len() > limit;
         let last = keys.get(limit.min(keys.len()).saturating_sub(1)).cloned();
@@ -774,14 +778,7 @@ impl Store for SledStore {
             StreamPart::All => vec![IX_STREAM_TIME],
             StreamPart::Filed(under) => ix_key(IX_STREAM_FILED, &[under.as_bytes(), &[0]]),
         };
-        let start = match after {
-            Some(k) => {
-                let mut k = k.to_vec();
-                k.push(0);
-                k
-            }
-            None => [prefix.as_slice(), &time_key(from)].concat(),
-        };
+        let start = start_after(after, [prefix.as_slice(), &time_key(from)].concat());
         // Inclusive of `to`: up to the last ULID of that millisecond.
         let end = [prefix.as_slice(), &time_key(to), &[0xff; 17]].concat();
         if start >= end {
@@ -798,14 +795,7 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Chunk, StoreError> {
         let prefix = ix_key(IX_STREAM_REF, &[incident.as_str().as_bytes(), &[0]]);
-        let start = match after {
-            Some(k) => {
-                let mut k = k.to_vec();
-                k.push(0);
-                k
-            }
-            None => prefix.clone(),
-        };
+        let start = start_after(after, prefix.clone());
         let mut end = prefix;
         *end.last_mut().expect("prefix ends in 0x00") = 1;
         let keys = self.index_keys(start, end, limit)?;
