@@ -161,6 +161,13 @@ impl Auth {
     }
 }
 
+/// The address failed attempts are counted under: the TCP peer (forwarded headers are not
+/// trusted: nothing says which proxy set them).
+pub fn client_ip(peer: Option<std::net::SocketAddr>) -> IpAddr {
+    peer.map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
 /// The store key of a session: a hash of the cookie, so a copy of the store (an export,
 /// a backup) holds no usable cookie.
 fn session_key(cookie_value: &str) -> String {

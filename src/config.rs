@@ -366,10 +366,8 @@ impl Settings {
 
     /// `scheme://host[:port]` of `server.public_url`, lower-case, if set.
     pub fn public_origin(&self) -> Option<String> {
-        let url = crate::domain::clean_url(self.server.public_url.trim())?;
-        let (scheme, rest) = url.split_once("://")?;
-        let authority = rest.split(['/', '?', '#']).next()?;
-        Some(format!("{}://{}", scheme, authority).to_ascii_lowercase())
+        let (scheme, authority) = crate::domain::url_origin_parts(&self.server.public_url)?;
+        Some(format!("{scheme}://{authority}"))
     }
 
     /// True when the session cookie must carry `Secure`.
@@ -633,15 +631,8 @@ impl Settings {
 
 /// The host of an absolute http(s) URL, lower-case, without port.
 pub fn public_url_host(url: &str) -> Option<String> {
-    let url = crate::domain::clean_url(url.trim())?;
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => format!("[{}]", v6.split(']').next()?),
-        None => authority.split(':').next()?.to_owned(),
-    };
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    let (_, authority) = crate::domain::url_origin_parts(url)?;
+    crate::domain::host_of_authority(&authority)
 }
 
 /// Why an API token is too weak to guard a service off loopback, if it is.

@@ -334,6 +334,48 @@ pub enum CorrelationRule {
     Grace,
 }
 
+/// `host[:port]` or `[v6][:port]` → the lower-case host; `None` for anything else.
+pub fn host_of_authority(authority: &str) -> Option<String> {
+    let a = authority.trim().to_ascii_lowercase();
+    let (host, rest) = match a.strip_prefix('[') {
+        Some(v6) => {
+            let (inner, rest) = v6.split_once(']')?;
+            if inner.is_empty()
+                || !inner
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+            {
+                return None;
+            }
+            (format!("[{inner}]"), rest)
+        }
+        None => match a.split_once(':') {
+            Some((h, _)) => (h.to_owned(), &a[h.len()..]),
+            None => (a.clone(), ""),
+        },
+    };
+    let port_ok = match rest.strip_prefix(':') {
+        Some(p) => !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()),
+        None => rest.is_empty(),
+    };
+    let name_ok = host.starts_with('[')
+        || (!host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+    (port_ok && name_ok).then_some(host)
+}
+
+/// The scheme and authority (`host[:port]`, no user info) of a clean absolute http(s)
+/// URL, lower-case.
+pub fn url_origin_parts(url: &str) -> Option<(String, String)> {
+    let url = clean_url(url.trim())?;
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some((scheme.to_ascii_lowercase(), authority.to_ascii_lowercase()))
+}
+
 /// A link from outside (a payload's `url`), kept only when it is an absolute http(s) URL
 /// without whitespace or control characters: anything else could end a Markdown link in
 /// the pack or run script in a page. A refused URL stays in the raw payload.

@@ -292,7 +292,7 @@ async fn commit_batch(
     let result = tokio::task::spawn_blocking(move || {
         let now = Utc::now();
         let mut index = work.index.lock().unwrap_or_else(|p| p.into_inner());
-        let applied = apply_submissions_filed(
+        let applied = apply_submissions(
             work.store.as_ref(),
             &work.correlator,
             &mut index,
@@ -487,20 +487,9 @@ pub struct Applied {
 }
 
 /// Applies submissions in one atomic, flushed unit, correlating over `index` (which is
-/// left as the unit wrote it, or as it was when the unit fails).
-pub fn apply_submissions(
-    store: &dyn Store,
-    correlator: &Correlator,
-    index: &mut IncidentIndex,
-    submissions: &[Submission],
-    now: DateTime<Utc>,
-) -> Result<Applied, StoreError> {
-    apply_submissions_filed(store, correlator, index, None, submissions, now)
-}
-
-/// Like [`apply_submissions`], filing unattached events under the service map
-/// `fingerprint`.
-fn apply_submissions_filed(
+/// left as the unit wrote it, or as it was when the unit fails) and filing unattached
+/// events under the service map `fingerprint`.
+fn apply_submissions(
     store: &dyn Store,
     correlator: &Correlator,
     index: &mut IncidentIndex,

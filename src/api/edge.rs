@@ -13,8 +13,6 @@
 //!
 //! Every response gets `X-Content-Type-Options: nosniff`.
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
@@ -24,6 +22,7 @@ use futures_util::StreamExt;
 
 use super::{ApiError, AppState};
 use crate::auth::{Identity, SESSION_COOKIE};
+use crate::domain::host_of_authority;
 
 /// Which part of the surface a path belongs to, for authentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,38 +81,6 @@ fn request_host(req: &ServiceRequest) -> Result<Option<String>, ()> {
     }
 }
 
-/// `host[:port]` or `[v6][:port]` → the lower-case host; `None` for anything else.
-fn host_of_authority(authority: &str) -> Option<String> {
-    let a = authority.trim().to_ascii_lowercase();
-    let (host, rest) = match a.strip_prefix('[') {
-        Some(v6) => {
-            let (inner, rest) = v6.split_once(']')?;
-            if inner.is_empty()
-                || !inner
-                    .chars()
-                    .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-            {
-                return None;
-            }
-            (format!("[{inner}]"), rest)
-        }
-        None => match a.split_once(':') {
-            Some((h, _)) => (h.to_owned(), &a[h.len()..]),
-            None => (a.clone(), ""),
-        },
-    };
-    let port_ok = match rest.strip_prefix(':') {
-        Some(p) => !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()),
-        None => rest.is_empty(),
-    };
-    let name_ok = host.starts_with('[')
-        || (!host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
-    (port_ok && name_ok).then_some(host)
-}
-
 /// True for a request a browser sent on behalf of another origin. Same origin means the
 /// same scheme, host and port as this request (or as `server.public_url`, when a proxy
 /// in front rewrites `Host`): another port on localhost is another site.
@@ -148,12 +115,6 @@ fn is_cross_site(req: &ServiceRequest, public_origin: Option<&str>) -> bool {
             .to_owned()
     };
     strip_default(&origin) != strip_default(&own)
-}
-
-fn client_address(req: &ServiceRequest) -> IpAddr {
-    req.peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 fn refuse<B>(req: ServiceRequest, err: ApiError) -> ServiceResponse<EitherBody<B>> {
@@ -206,7 +167,7 @@ pub async fn guard<B: MessageBody + 'static>(
     }
 
     if state.auth.required() && matches!(area, Area::Api | Area::Page | Area::PublicPage) {
-        let client = client_address(&req);
+        let client = crate::auth::client_ip(req.peer_addr());
         let bearer = req
             .headers()
             .get(header::AUTHORIZATION)

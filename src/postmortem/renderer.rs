@@ -162,11 +162,16 @@ impl Renderer {
         self: &Arc<Self>,
         id: &IncidentId,
     ) -> Result<Arc<Rendered>, RenderFailure> {
-        let permit = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
+        let permit = self.slot().await?;
+        self.render_with(id, permit).await
+    }
+
+    /// A render slot, waiting at most the queue timeout.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, RenderFailure> {
+        tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
             .await
             .map_err(|_| RenderFailure::Busy)?
-            .map_err(|_| RenderFailure::Busy)?;
-        self.render_with(id, permit).await
+            .map_err(|_| RenderFailure::Busy)
     }
 
     /// Runs other heavy read work (assembling a big page from a render) on a render slot
@@ -175,10 +180,7 @@ impl Renderer {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, RenderFailure> {
-        let permit = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| RenderFailure::Busy)?
-            .map_err(|_| RenderFailure::Busy)?;
+        let permit = self.slot().await?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work()

@@ -147,8 +147,6 @@ pub trait WriteTx {
     fn cursor(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Saves a cursor in this unit, atomically with the events it covers.
     fn put_cursor(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
-    /// Forgets a cursor in this unit.
-    fn remove_cursor(&mut self, key: &str) -> Result<(), StoreError>;
     /// Appends an event to its incident's log under `seq`.
     fn put_incident_event(&mut self, seq: u64, event: &Event) -> Result<(), StoreError>;
     /// Appends an event to the unattached stream.
@@ -162,8 +160,6 @@ pub trait WriteTx {
     /// Removes an event from the unattached stream and its indexes (when an incident
     /// pulls it in, or retention prunes it); returns it.
     fn remove_stream_event(&mut self, id: Ulid) -> Result<Option<Event>, StoreError>;
-    /// Forgets a raw payload (retention).
-    fn remove_raw(&mut self, id: Ulid) -> Result<(), StoreError>;
     /// Keeps the raw payload an event (or a delivery without events) came from.
     fn put_raw(&mut self, id: Ulid, payload: &[u8]) -> Result<(), StoreError>;
 }

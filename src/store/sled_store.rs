@@ -113,6 +113,15 @@ fn ulid_of_key(k: &[u8]) -> Option<Ulid> {
     Some(Ulid::from_bytes(<[u8; 16]>::try_from(tail).ok()?))
 }
 
+/// The first key past every key that starts with `prefix` (which ends in 0x00).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
 /// The first key after `after` (exclusive) when continuing, else `from`.
 fn start_after(after: Option<&[u8]>, from: Vec<u8>) -> Vec<u8> {
     match after {
@@ -420,11 +429,6 @@ impl WriteTx for SledTx<'_> {
         Ok(())
     }
 
-    fn remove_cursor(&mut self, key: &str) -> Result<(), StoreError> {
-        self.cursors.remove(key.as_bytes())?;
-        Ok(())
-    }
-
     fn link(&self, key: &str) -> Result<Option<IncidentId>, StoreError> {
         self.links
             .get(key.as_bytes())?
@@ -533,11 +537,6 @@ impl WriteTx for SledTx<'_> {
             self.index.remove(k)?;
         }
         Ok(Some(event))
-    }
-
-    fn remove_raw(&mut self, id: Ulid) -> Result<(), StoreError> {
-        self.raw.remove(&id.to_bytes()[..])?;
-        Ok(())
     }
 
     fn put_raw(&mut self, id: Ulid, payload: &[u8]) -> Result<(), StoreError> {
@@ -714,8 +713,7 @@ impl Store for SledStore {
     ) -> Result<Page<Event>, StoreError> {
         let prefix = ix_key(IX_EVENT_TIME, &[id.as_str().as_bytes(), &[0]]);
         let start = start_after(cursor_key(cursor, &prefix)?.as_deref(), prefix.clone());
-        let mut end = prefix.clone();
-        *end.last_mut().expect("prefix ends in 0x00") = 1;
+        let end = prefix_end(&prefix);
         let keys = self.index_keys(start, end, limit + 1)?;
         let more = keys.len() > limit;
         let mut items = Vec::with_capacity(keys.len().min(limit));
@@ -796,8 +794,7 @@ impl Store for SledStore {
     ) -> Result<Chunk, StoreError> {
         let prefix = ix_key(IX_STREAM_REF, &[incident.as_str().as_bytes(), &[0]]);
         let start = start_after(after, prefix.clone());
-        let mut end = prefix;
-        *end.last_mut().expect("prefix ends in 0x00") = 1;
+        let end = prefix_end(&prefix);
         let keys = self.index_keys(start, end, limit)?;
         self.stream_chunk(keys, limit)
     }

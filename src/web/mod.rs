@@ -127,12 +127,6 @@ fn csrf_token(req: &HttpRequest, state: &AppState) -> String {
     state.auth.csrf_token(session_of(req).as_deref())
 }
 
-fn client_address(req: &HttpRequest) -> std::net::IpAddr {
-    req.peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
 fn session_cookie(value: String, max_age_secs: i64, secure: bool) -> Cookie<'static> {
     Cookie::build(SESSION_COOKIE, value)
         .path("/")
@@ -720,7 +714,7 @@ async fn login(
         return see_other("/ui");
     }
     if !state.auth.token_matches(&form.token) {
-        let client = client_address(&req);
+        let client = crate::auth::client_ip(req.peer_addr());
         state.auth.record_failure(client);
         tracing::warn!(client = %client, "failed page login");
         let mut ctx = base_ctx(&req, &state, "Log in");

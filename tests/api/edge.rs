@@ -8,7 +8,7 @@ use proptest::test_runner::TestRunner;
 use serde_json::{json, Map, Value};
 
 use crate::helpers::{
-    fixture_bytes, pd_v3, slack_message, spawn_app, TestApp, GH_SECRET, SLACK_SECRET,
+    fixture_bytes, no_redirects, pd_v3, slack_message, spawn_app, TestApp, GH_SECRET, SLACK_SECRET,
 };
 
 /// Arbitrary JSON, a few levels deep.
@@ -668,13 +668,6 @@ async fn cross_site_requests_are_refused_and_store_nothing_while_providers_still
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-}
-
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]

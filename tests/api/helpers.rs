@@ -583,13 +583,17 @@ pub async fn wait_ready(client: &reqwest::Client, server: &Server) {
     panic!("server at {} did not become ready", server.address);
 }
 
-/// Logs in on the pages with `token`; returns the `Cookie` header value of the session.
-pub async fn login_cookie(app: &TestApp, token: &str) -> String {
-    let client = reqwest::Client::builder()
+/// A client that shows redirects instead of following them.
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .unwrap();
-    let res = client
+        .unwrap()
+}
+
+/// Logs in on the pages with `token`; returns the `Cookie` header value of the session.
+pub async fn login_cookie(app: &TestApp, token: &str) -> String {
+    let res = no_redirects()
         .post(format!("{}/ui/login", app.address))
         .form(&[("token", token), ("next", "/ui")])
         .send()

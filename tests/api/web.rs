@@ -2,13 +2,6 @@
 
 use crate::helpers::*;
 
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn pages_escape_titles_from_the_internet() {
     let app = spawn_app().await;
