@@ -135,7 +135,7 @@ impl Ingest {
     ) -> Result<(Ingest, Committer), StoreError> {
         let index = IncidentIndex::load(&correlator, store.as_ref(), Utc::now())?;
         let open = Arc::new(AtomicUsize::new(index.open_count()));
-        let filing = filing_since(store.as_ref(), &correlator)?;
+        let filing = correlator.map_fingerprint();
         let (queue, rx) = mpsc::channel(queue_depth);
         let (changes, _) = broadcast::channel(1024);
         let cancel = CancellationToken::new();
@@ -203,37 +203,8 @@ struct Committing {
     correlator: Arc<Correlator>,
     index: Arc<std::sync::Mutex<IncidentIndex>>,
     open: Arc<AtomicUsize>,
-    /// With a service map: its fingerprint and since when unattached events are filed
-    /// under it (older ones are read by time and filtered, see `pull_in`).
-    filing: Option<(String, DateTime<Utc>)>,
-}
-
-/// The cursor that says since when the stream is filed under the current service map.
-const STREAM_MAP_CURSOR: &str = "stream_map";
-
-/// The service map's fingerprint and since when events are filed under it; a new map (or
-/// none before) starts now.
-fn filing_since(
-    store: &dyn Store,
-    correlator: &Correlator,
-) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
-    let Some(fp) = correlator.map_fingerprint() else {
-        // No map: nothing is filed from now on, so a map set later starts afresh.
-        store.forget_cursor(STREAM_MAP_CURSOR)?;
-        return Ok(None);
-    };
-    let saved = store.cursor(STREAM_MAP_CURSOR)?;
-    if let Some((saved_fp, since)) = saved.as_deref().and_then(|s| s.split_once('@')) {
-        if saved_fp == fp {
-            if let Ok(t) = DateTime::parse_from_rfc3339(since) {
-                return Ok(Some((fp, t.with_timezone(&Utc))));
-            }
-        }
-    }
-    let now = Utc::now();
-    store.put_cache(STREAM_MAP_CURSOR, &format!("{fp}@{}", now.to_rfc3339()))?;
-    store.flush()?;
-    Ok(Some((fp, now)))
+    /// With a service map: its fingerprint, which unattached events are filed under.
+    filing: Option<String>,
 }
 
 async fn run_committer(
@@ -296,7 +267,7 @@ async fn commit_batch(
             work.store.as_ref(),
             &work.correlator,
             &mut index,
-            work.filing.as_ref().map(|(fp, _)| fp.as_str()),
+            work.filing.as_deref(),
             &submissions,
             now,
         )?;
@@ -399,18 +370,15 @@ fn pull_in(c: &Committing, id: &IncidentId, now: DateTime<Utc>) -> Result<usize,
         ),
     ];
     match &c.filing {
-        // With a service map, the short window reads only the incident's service's
-        // events (those filed since the map last changed), and older ones by time.
-        Some((fp, since)) => {
-            // Events stored before the map was set may be dated up to a day later.
-            let unfiled_until = (*since + chrono::Duration::days(1)).min(now);
-            if short < unfiled_until {
-                passes.push(Pass::Window(StreamPart::All, short, unfiled_until));
-            }
+        // With a service map, the short window reads the incident's service's filing, and
+        // by time only what is not filed under this map (stored before it, or without
+        // one): the filed events of other services are skipped undecoded.
+        Some(fp) => {
             let under = correlator.filing_of(fp, incident.service.as_deref());
+            passes.push(Pass::Window(StreamPart::Filed(under), short, now));
             passes.push(Pass::Window(
-                StreamPart::Filed(under),
-                short.max(*since),
+                StreamPart::NotFiledUnder(fp.clone()),
+                short,
                 now,
             ));
         }

@@ -103,9 +103,6 @@ fn write_chunk(store: &dyn Store, records: &[ExportRecord]) -> Result<(), StoreE
                 }
                 ExportRecord::Delivery { key, record } => tx.put_delivery(key, record)?,
                 ExportRecord::Link { key, incident } => tx.put_link(key, incident)?,
-                // Imported stream events are not filed under a service map: the filing
-                // starts afresh at the next start.
-                ExportRecord::Cursor { key, .. } if key == "stream_map" => {}
                 ExportRecord::Cursor { key, value } => tx.put_cursor(key, value)?,
             }
         }

@@ -37,6 +37,10 @@ pub enum StreamPart {
     Changes,
     /// Every event: the short look-back.
     All,
+    /// Only events not filed under the service map with this fingerprint (stored without
+    /// a map, or under another one): read by time, the others skipped by their index value
+    /// without being decoded.
+    NotFiledUnder(String),
     /// The events filed under one service of one service map (see
     /// [`WriteTx::file_stream_event`]).
     Filed(String),

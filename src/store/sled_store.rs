@@ -773,7 +773,7 @@ impl Store for SledStore {
     ) -> Result<Chunk, StoreError> {
         let prefix = match &part {
             StreamPart::Changes => vec![IX_STREAM_CHANGE],
-            StreamPart::All => vec![IX_STREAM_TIME],
+            StreamPart::All | StreamPart::NotFiledUnder(_) => vec![IX_STREAM_TIME],
             StreamPart::Filed(under) => ix_key(IX_STREAM_FILED, &[under.as_bytes(), &[0]]),
         };
         let start = start_after(after, [prefix.as_slice(), &time_key(from)].concat());
@@ -782,8 +782,30 @@ impl Store for SledStore {
         if start >= end {
             return Ok(Chunk::default());
         }
-        let keys = self.index_keys(start, end, limit)?;
-        self.stream_chunk(keys, limit)
+        let StreamPart::NotFiledUnder(fingerprint) = &part else {
+            let keys = self.index_keys(start, end, limit)?;
+            return self.stream_chunk(keys, limit);
+        };
+        // The time key's value names the filing (`fingerprint:service`; empty: none).
+        let filed = format!("{fingerprint}:");
+        let mut keys = Vec::new();
+        let mut scanned = 0;
+        let mut last = None;
+        for kv in self.index.range(start..end) {
+            let (k, v) = kv?;
+            if !v.starts_with(filed.as_bytes()) {
+                keys.push(k.to_vec());
+            }
+            scanned += 1;
+            if scanned >= limit {
+                last = Some(k.to_vec());
+                break;
+            }
+        }
+        Ok(Chunk {
+            items: self.stream_events_at(keys)?,
+            next: last,
+        })
     }
 
     fn stream_naming(
