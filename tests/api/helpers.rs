@@ -72,7 +72,19 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(extra: &str, dir: Option<Arc<TempDir>>) -> TestApp {
     let dir = dir.unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
     let settings = test_settings(dir.path(), extra);
-    let store = open_store(&settings).unwrap();
+    // After a stop, the previous server's workers may still be dropping their handle on
+    // the store for a moment: sled's directory lock is released when the last one goes.
+    let mut tries = 0;
+    let store = loop {
+        match open_store(&settings) {
+            Ok(store) => break store,
+            Err(e) if tries < 100 && format!("{e:#}").contains("could not acquire lock") => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("opening the test store: {e:#}"),
+        }
+    };
     spawn_with_store(settings, store, dir).await
 }
 
