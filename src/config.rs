@@ -80,6 +80,8 @@ pub struct Settings {
     pub render: RenderSettings,
     /// The service map.
     pub services: Vec<ServiceEntry>,
+    /// One name per person across sources (see `[[people]]` in default.toml).
+    pub people: Vec<crate::people::PersonEntry>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -90,6 +92,10 @@ pub struct RenderSettings {
     pub max_concurrent: usize,
     /// How long a page or download waits for a render slot before 503 + Retry-After.
     pub queue_timeout_secs: u64,
+    /// Extra regexes whose matches are redacted from the public files.
+    pub redact_patterns: Vec<String>,
+    /// Redact `postmortem.md` too (it is internal and keeps them by default).
+    pub redact_internal: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -260,6 +266,10 @@ pub struct SlackSettings {
     pub signing_secret: Secret,
     pub include_bots: bool,
     pub max_skew_secs: u64,
+    /// A bot token (`xoxb-…`, scope `users:read`): Slack user ids are named with
+    /// `users.info`. Empty: ids stay ids unless `[[people]]` names them.
+    pub bot_token: Secret,
+    pub api_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -390,6 +400,7 @@ impl Settings {
             ("sources.github.secret", &s.github.secret),
             ("sources.github.token", &s.github.token),
             ("sources.slack.signing_secret", &s.slack.signing_secret),
+            ("sources.slack.bot_token", &s.slack.bot_token),
             ("sources.datadog.token", &s.datadog.token),
             ("sources.cloudwatch.token", &s.cloudwatch.token),
         ]
@@ -534,6 +545,20 @@ impl Settings {
         }
         if c.grace_mins > 24 * 60 {
             return Err(invalid("correlation.grace_mins", "must be at most 1440"));
+        }
+        if let Err(e) = crate::people::Directory::new(&self.people) {
+            return Err(invalid("people", e.to_string()));
+        }
+        if let Err(e) = crate::postmortem::redact::Redactor::new(&self.render.redact_patterns) {
+            return Err(invalid("render.redact_patterns", e));
+        }
+        if !self.sources.slack.bot_token.is_empty()
+            && crate::domain::clean_url(&self.sources.slack.api_url).is_none()
+        {
+            return Err(invalid(
+                "sources.slack.api_url",
+                "must be an http(s) URL (https://slack.com/api)",
+            ));
         }
         if !(1..=3600).contains(&self.sources.slack.max_skew_secs) {
             return Err(invalid(

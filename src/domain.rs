@@ -445,6 +445,121 @@ pub struct Event {
     pub correlation: Option<CorrelationRule>,
 }
 
+impl Event {
+    /// An event with a new id, received now, and nothing else set: the start of a
+    /// builder-style literal (`Event { service: …, ..Event::new(…) }`).
+    pub fn new(source: Source, kind: EventKind, occurred_at: DateTime<Utc>, title: &str) -> Self {
+        Event {
+            id: Ulid::new(),
+            source,
+            kind,
+            occurred_at,
+            received_at: Utc::now(),
+            title: title.to_owned(),
+            service: None,
+            severity: None,
+            actor: None,
+            url: None,
+            keys: BTreeMap::new(),
+            attrs: serde_json::Map::new(),
+            delivery: None,
+            raw_id: None,
+            incident_id: None,
+            correlation: None,
+        }
+    }
+}
+
+/// Attribute: the actor's stable id at its source when `actor` is only a display name
+/// (a PagerDuty agent's user id, `PSARAH1`). Slack and GitHub actors are their ids.
+pub const ATTR_ACTOR_ID: &str = "actor_id";
+
+/// `label: text`, unless `text` already starts with that label or another severity or
+/// status prefix (`CRITICAL: …`, `[P1] …`, `SEV1 - …`): a prefix is never doubled.
+pub fn with_prefix(label: &str, text: &str) -> String {
+    if has_status_prefix(text) {
+        text.trim().to_owned()
+    } else {
+        format!("{label}: {}", text.trim())
+    }
+}
+
+/// The words a title may already start with that say severity or status.
+const STATUS_WORDS: &[&str] = &[
+    "critical",
+    "crit",
+    "error",
+    "warning",
+    "warn",
+    "info",
+    "high",
+    "low",
+    "medium",
+    "major",
+    "minor",
+    "alert",
+    "alarm",
+    "triggered",
+    "firing",
+    "resolved",
+    "recovered",
+    "ok",
+    "p1",
+    "p2",
+    "p3",
+    "p4",
+    "p5",
+    "sev1",
+    "sev2",
+    "sev3",
+    "sev4",
+    "sev5",
+    "sev-1",
+    "sev-2",
+    "sev-3",
+    "sev-4",
+    "sev-5",
+    "sev 1",
+    "sev 2",
+    "sev 3",
+    "sev 4",
+    "sev 5",
+];
+
+/// True when `text` opens with a severity or status word followed by `:`, `-`, `]` or
+/// `)` (`CRITICAL: …`, `[Triggered] …`, `(P1) …`, `SEV2 - …`).
+pub fn has_status_prefix(text: &str) -> bool {
+    let t = text
+        .trim_start()
+        .trim_start_matches(['[', '('])
+        .to_ascii_lowercase();
+    STATUS_WORDS.iter().any(|w| {
+        t.strip_prefix(w).is_some_and(|rest| {
+            let rest = rest.trim_start();
+            rest.starts_with([':', ']', ')']) || rest.starts_with("- ")
+        })
+    })
+}
+
+/// Removes a doubled leading prefix (`CRITICAL: CRITICAL: x` → `CRITICAL: x`), as
+/// titles stored before [`with_prefix`] may carry one.
+pub fn undouble_prefix(title: &str) -> std::borrow::Cow<'_, str> {
+    if let Some((head, rest)) = title.split_once(": ") {
+        let word = head.trim();
+        if !word.is_empty() && word.len() <= 12 && !word.contains(' ') {
+            let rest_trim = rest.trim_start();
+            if rest_trim.len() > word.len()
+                && rest_trim.is_char_boundary(word.len())
+                && rest_trim[..word.len()].eq_ignore_ascii_case(word)
+                && rest_trim[word.len()..].starts_with(':')
+            {
+                return std::borrow::Cow::Owned(rest_trim.to_owned());
+            }
+        }
+    }
+    std::borrow::Cow::Borrowed(title)
+}
+
 /// The correlation key under which PagerDuty events carry their incident id.
 pub const KEY_PAGERDUTY_INCIDENT: &str = "pagerduty_incident";
 /// PagerDuty service id.

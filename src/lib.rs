@@ -11,6 +11,7 @@ pub mod config;
 pub mod correlate;
 pub mod domain;
 pub mod ingest;
+pub mod people;
 pub mod pollers;
 pub mod postmortem;
 pub mod sources;

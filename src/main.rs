@@ -168,19 +168,17 @@ fn export(settings: &Settings, output: &std::path::Path) -> anyhow::Result<()> {
 fn import(settings: &Settings, input: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
     let store = incidentpost::startup::open_store(settings)?;
-    let dir = Some(settings.render.templates_dir.trim())
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from);
-    let templates = incidentpost::postmortem::Templates::load(dir.as_deref())?;
+    let templates = incidentpost::postmortem::Templates::from_settings(&settings.render)?;
+    let people = incidentpost::people::Directory::new(&settings.people)?;
     let (lines, incidents) = if input.as_os_str() == "-" {
         let stdin = std::io::stdin();
         let mut r = stdin.lock();
-        incidentpost::transfer::import(store.as_ref(), &mut r, &templates)?
+        incidentpost::transfer::import(store.as_ref(), &mut r, &templates, &people)?
     } else {
         let file =
             std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
         let mut r = std::io::BufReader::new(file);
-        incidentpost::transfer::import(store.as_ref(), &mut r, &templates)?
+        incidentpost::transfer::import(store.as_ref(), &mut r, &templates, &people)?
     };
     eprintln!(
         "imported {lines} records ({incidents} incidents) into {}",

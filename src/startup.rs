@@ -102,11 +102,22 @@ impl Application {
             tasks.push(tokio::spawn(poller.run(background.clone())));
         }
 
-        let templates_dir = Some(settings.render.templates_dir.trim())
-            .filter(|d| !d.is_empty())
-            .map(std::path::PathBuf::from);
-        let templates = crate::postmortem::Templates::load(templates_dir.as_deref())
+        let templates = crate::postmortem::Templates::from_settings(&settings.render)
             .context("loading templates (render.templates_dir)")?;
+        let people = crate::people::Directory::new(&settings.people).context("people")?;
+        let slack = &settings.sources.slack;
+        let slack_names = match slack.bot_token.as_option() {
+            Some(token) => Some(
+                crate::postmortem::enrich::SlackEnricher::new(
+                    token.expose(),
+                    &slack.api_url,
+                    store.clone(),
+                    people.clone(),
+                )
+                .context("building the Slack client (sources.slack.api_url)")?,
+            ),
+            None => None,
+        };
         let gh = &settings.sources.github;
         let enricher = match gh.token.as_option() {
             Some(token) => Some(
@@ -119,13 +130,16 @@ impl Application {
             ),
             None => None,
         };
-        let renderer = Arc::new(crate::postmortem::renderer::Renderer::with_pool(
-            templates,
-            store.clone(),
-            enricher,
-            settings.render.max_concurrent,
-            Duration::from_secs(settings.render.queue_timeout_secs),
-        ));
+        let renderer = Arc::new(
+            crate::postmortem::renderer::Renderer::with_pool(
+                templates,
+                store.clone(),
+                enricher,
+                settings.render.max_concurrent,
+                Duration::from_secs(settings.render.queue_timeout_secs),
+            )
+            .with_people(people, slack_names),
+        );
         tasks.push(crate::postmortem::renderer::spawn(
             renderer.clone(),
             ingest.subscribe(),

@@ -31,6 +31,7 @@ pub fn import(
     store: &dyn Store,
     input: &mut dyn BufRead,
     templates: &Templates,
+    people: &crate::people::Directory,
 ) -> anyhow::Result<(u64, u64)> {
     if store.incident_count()? > 0 {
         bail!("the data directory already holds incidents; import into an empty storage.path");
@@ -73,8 +74,12 @@ pub fn import(
         let stored = store
             .incident(&incident.id)?
             .unwrap_or_else(|| incident.clone());
-        let prs = crate::postmortem::enrich::cached(store, &events);
-        let pack = render_pack_with(templates, &stored, &events, &prs)?;
+        let known = crate::postmortem::Known {
+            prs: crate::postmortem::enrich::cached(store, &events),
+            people: people
+                .with_slack_profiles(crate::postmortem::enrich::cached_profiles(store, &events)),
+        };
+        let pack = render_pack_with(templates, &stored, &events, &known)?;
         store.put_pack(&incident.id, &pack.zip)?;
     }
     store.flush()?;

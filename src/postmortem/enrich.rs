@@ -1,4 +1,6 @@
-//! GitHub enrichment (only with `sources.github.token`): for the pull requests behind an
+//! Enrichment before a render, from outside APIs into the store's cache (the render reads
+//! only the cache). Slack (only with `sources.slack.bot_token`): `users.info` names the
+//! people behind messages. GitHub (only with `sources.github.token`): for the pull requests behind an
 //! incident's changes, fetch title, author, merge time and changed files with octocrab,
 //! cache them in the store, and let the renderer read the cache. A failure never blocks a
 //! render: the pack is written with what the webhooks said.
@@ -132,5 +134,148 @@ impl GithubEnricher {
             deletions: pr.deletions,
             changed_files: pr.changed_files,
         })
+    }
+}
+
+const SLACK_CACHE_PREFIX: &str = "slack_user:";
+
+/// The Slack user ids behind `events` (their messages' actors).
+fn slack_ids(events: &[Event]) -> Vec<String> {
+    let mut ids: Vec<String> = events
+        .iter()
+        .filter_map(crate::people::identity)
+        .filter(|who| who.source == crate::domain::Source::Slack)
+        .map(|who| who.id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// The cached Slack profiles of the users behind `events`.
+pub fn cached_profiles(store: &dyn Store, events: &[Event]) -> Vec<crate::people::SlackProfile> {
+    slack_ids(events)
+        .into_iter()
+        .filter_map(|id| {
+            let raw = store.cursor(&format!("{SLACK_CACHE_PREFIX}{id}")).ok()??;
+            serde_json::from_str(&raw).ok()
+        })
+        .collect()
+}
+
+/// Most `users.info` calls one enrichment makes (an incident rarely has more people).
+const SLACK_LOOKUPS_PER_RENDER: usize = 50;
+
+/// Names Slack user ids with `users.info` (only with `sources.slack.bot_token`) and
+/// caches what Slack said in the store. Ids `[[people]]` already names are not looked up.
+pub struct SlackEnricher {
+    client: reqwest::Client,
+    token: String,
+    api_url: String,
+    store: Arc<dyn Store>,
+    people: crate::people::Directory,
+}
+
+impl SlackEnricher {
+    /// `api_url` is `https://slack.com/api` (or a test server).
+    pub fn new(
+        token: &str,
+        api_url: &str,
+        store: Arc<dyn Store>,
+        people: crate::people::Directory,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(SlackEnricher {
+            client,
+            token: token.to_owned(),
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            store,
+            people,
+        })
+    }
+
+    /// Looks up the users not cached yet. Returns how many were newly named; failures are
+    /// logged and skipped (the pack shows the id), a rate limit ends the round.
+    pub async fn refresh(&self, events: &[Event]) -> usize {
+        let mut fetched = 0;
+        let todo: Vec<String> = slack_ids(events)
+            .into_iter()
+            .filter(|id| !self.people.knows_slack(id))
+            .filter(|id| {
+                !matches!(
+                    self.store.cursor(&format!("{SLACK_CACHE_PREFIX}{id}")),
+                    Ok(Some(_))
+                )
+            })
+            .take(SLACK_LOOKUPS_PER_RENDER)
+            .collect();
+        for id in todo {
+            let result = self
+                .client
+                .get(format!("{}/users.info", self.api_url))
+                .bearer_auth(&self.token)
+                .query(&[("user", id.as_str())])
+                .send()
+                .await;
+            let outcome = match result {
+                Ok(res) if res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                    let after = res
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("?")
+                        .to_owned();
+                    metrics::counter!("incidentpost_slack_lookups_total", "result" => "rate_limited").increment(1);
+                    tracing::warn!(user = %id, retry_after = %after, "Slack users.info is rate limited; names wait for the next render");
+                    break;
+                }
+                Ok(res) => res.json::<Value>().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let body = match outcome {
+                Ok(body) => body,
+                Err(e) => {
+                    metrics::counter!("incidentpost_slack_lookups_total", "result" => "failed")
+                        .increment(1);
+                    tracing::warn!(user = %id, error = %e, "Slack users.info failed; the pack shows the id");
+                    continue;
+                }
+            };
+            let profile = if body.get("ok").and_then(Value::as_bool) == Some(true) {
+                crate::people::SlackProfile::from_users_info(&body)
+            } else {
+                let error = body
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown");
+                metrics::counter!("incidentpost_slack_lookups_total", "result" => "refused")
+                    .increment(1);
+                tracing::warn!(user = %id, error, "Slack refused users.info (the bot token needs users:read)");
+                // An unknown user stays unknown: remember it, so it is not asked again.
+                (error == "user_not_found").then(|| crate::people::SlackProfile {
+                    id: id.clone(),
+                    ..Default::default()
+                })
+            };
+            let Some(profile) = profile.filter(|p| p.id == id) else {
+                continue;
+            };
+            let json = serde_json::to_string(&profile).unwrap_or_default();
+            if let Err(e) = self
+                .store
+                .put_cache(&format!("{SLACK_CACHE_PREFIX}{id}"), &json)
+            {
+                tracing::warn!(error = %e, user = %id, "caching a Slack profile failed");
+                continue;
+            }
+            metrics::counter!("incidentpost_slack_lookups_total", "result" => "ok").increment(1);
+            if profile.best_name().is_some() {
+                fetched += 1;
+            }
+        }
+        fetched
     }
 }

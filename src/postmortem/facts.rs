@@ -10,7 +10,9 @@ use serde_json::Value;
 use ulid::Ulid;
 
 use super::enrich::{pr_key, PrIndex};
-use crate::domain::{Event, EventKind, Incident, IncidentStatus, Source};
+use super::said_once;
+use crate::domain::{undouble_prefix, Event, EventKind, Incident, IncidentStatus, Source};
+use crate::people::Roster;
 
 /// A value and the events that prove it. `value: None` is written as unknown.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -74,6 +76,9 @@ pub struct Peak {
 /// A change that may have caused the incident, with the reasons it ranks where it does.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Suspect {
+    /// `owner/repo#number` of its pull request, when it has one.
+    #[serde(skip)]
+    pub key: Option<String>,
     /// When the change happened (ties in score go to the most recent).
     pub at: DateTime<Utc>,
     pub title: String,
@@ -113,7 +118,12 @@ pub struct Facts {
     pub spans: Vec<Span>,
     pub responders: Vec<Item>,
     pub peaks: Vec<Peak>,
+    /// The `impact:` annotation as written (`12,400 users affected, 23% of requests …`).
+    pub impact: Fact<String>,
+    /// The number of users it states (`12,400`), when it states one.
     pub users_affected: Fact<String>,
+    /// The share it states (`23%`), when it states one.
+    pub impact_share: Fact<String>,
     pub suspects: Vec<Suspect>,
     pub root_cause: Fact<String>,
     /// True when the root cause is the top suspect, not a responder's annotation.
@@ -141,7 +151,9 @@ impl Facts {
             &self.mitigated.evidence,
             &self.resolved.evidence,
             &self.duration_minutes.evidence,
+            &self.impact.evidence,
             &self.users_affected.evidence,
+            &self.impact_share.evidence,
             &self.root_cause.evidence,
             &self.summary.evidence,
             &self.customer_message.evidence,
@@ -265,6 +277,7 @@ fn suspects(
     incident: &Incident,
     detected: DateTime<Utc>,
     prs: &PrIndex,
+    roster: &Roster,
 ) -> Vec<Suspect> {
     let chat: Vec<&Event> = events
         .iter()
@@ -337,8 +350,10 @@ fn suspects(
             score += 3;
             reasons.push(format!(
                 "named in chat ({})",
-                c.actor
-                    .clone()
+                roster
+                    .name_of(&c.id)
+                    .map(str::to_owned)
+                    .or_else(|| c.actor.clone())
                     .unwrap_or_else(|| c.source.display_name().to_owned())
             ));
             evidence.push(c.id);
@@ -381,9 +396,31 @@ fn suspects(
                 reasons.push(format!("by {author}"));
             }
         }
+        let title = shown_title(e, roster);
+        let same = out.iter().position(|s: &Suspect| {
+            s.key.is_some() && s.key == pr_key(e) || said_once::same(&s.title, &title)
+        });
+        if let Some(i) = same {
+            // The same change twice (a merge and its push, two deliveries of one deploy):
+            // one suspect, with every event and the higher score.
+            let s = &mut out[i];
+            s.score = s.score.max(score);
+            for r in reasons {
+                if !s.reasons.contains(&r) {
+                    s.reasons.push(r);
+                }
+            }
+            for id in evidence {
+                if !s.evidence.contains(&id) {
+                    s.evidence.push(id);
+                }
+            }
+            continue;
+        }
         out.push(Suspect {
+            key: pr_key(e),
             at: e.occurred_at,
-            title: e.title.clone(),
+            title,
             url: e
                 .url
                 .clone()
@@ -404,11 +441,41 @@ fn minutes(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
 
 /// Builds the facts of an incident from its events (any order).
 pub fn facts(incident: &Incident, events: &[Event]) -> Facts {
-    facts_with(incident, events, &PrIndex::new())
+    let roster = crate::people::Directory::default().roster(events);
+    facts_with(incident, events, &PrIndex::new(), &roster)
 }
 
-/// Like [`facts`], with GitHub's details of the pull requests behind the changes.
-pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts {
+/// The users and the share an `impact:` text states: `12,400 users affected, 23% of
+/// requests failed` → (`12,400`, `23%`).
+pub fn impact_numbers(text: &str) -> (Option<String>, Option<String>) {
+    use std::sync::LazyLock;
+    static USERS: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"(?i)(?:^|[^\d.,])(~?\d{1,3}(?:,\d{3})+|~?\d+(?:\.\d+)?\s?[km]?)\+?\s+(?:[a-z-]+\s+)?(?:users?|customers?|accounts?|people|tenants?|merchants?|clients?|members?|subscribers?|players?|visitors?|sellers?|buyers?|drivers?|riders?)\b")
+            .unwrap_or_else(|e| unreachable!("static regex: {e}"))
+    });
+    static SHARE: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"(\d+(?:\.\d+)?)\s?%")
+            .unwrap_or_else(|e| unreachable!("static regex: {e}"))
+    });
+    let users = USERS
+        .captures(text)
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str().replace(' ', ""));
+    let share = SHARE
+        .captures(text)
+        .and_then(|c| c.get(1))
+        .map(|m| format!("{}%", m.as_str()));
+    (users, share)
+}
+
+/// The title an event shows: its actor by name, a doubled prefix removed.
+pub fn shown_title(e: &Event, roster: &Roster) -> String {
+    undouble_prefix(&roster.title(e)).into_owned()
+}
+
+/// Like [`facts`], with GitHub's details of the pull requests behind the changes and the
+/// people behind the actors.
+pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex, roster: &Roster) -> Facts {
     let mut events: Vec<Event> = events.to_vec();
     events.sort_by_key(|e| e.occurred_at);
 
@@ -493,26 +560,44 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts
         Some(s) => Fact::known(s.clone(), trigger.map(|t| vec![t.id]).unwrap_or_default()),
         None => Fact::unknown(),
     };
-    let users_affected = annotation(EventKind::AnnotationImpact).unwrap_or_else(Fact::unknown);
+    let impact = annotation(EventKind::AnnotationImpact).unwrap_or_else(Fact::unknown);
+    let (users, share) = impact
+        .value
+        .as_deref()
+        .map(impact_numbers)
+        .unwrap_or_default();
+    let stated = |v: Option<String>| match v {
+        Some(v) => Fact::known(v, impact.evidence.clone()),
+        None => Fact::unknown(),
+    };
+    let users_affected = stated(users);
+    let impact_share = stated(share);
 
+    // Responders: who acted in PagerDuty (not who or what opened the incident) or Slack,
+    // or rolled back; one line a person.
     let mut responders: Vec<Item> = Vec::new();
-    for e in events.iter().filter(|e| e.actor.is_some()) {
-        let who = e.actor.clone().unwrap_or_default();
-        if e.source == Source::Pagerduty
+    let mut responder_of: Vec<usize> = Vec::new();
+    for e in events.iter().filter(|e| {
+        e.source == Source::Pagerduty && e.kind != EventKind::IncidentTriggered
             || e.source == Source::Slack
             || e.kind == EventKind::ChangeRolledBack
-        {
-            match responders.iter_mut().find(|r| r.text == who) {
-                Some(r) => {
-                    if r.evidence.len() < 3 {
-                        r.evidence.push(e.id)
-                    }
+    }) {
+        let (Some(person), Some(name)) = (roster.person_of(&e.id), roster.name_of(&e.id)) else {
+            continue;
+        };
+        match responder_of.iter().position(|&p| p == person) {
+            Some(i) => {
+                if responders[i].evidence.len() < 3 {
+                    responders[i].evidence.push(e.id)
                 }
-                None => responders.push(Item {
-                    text: who,
+            }
+            None => {
+                responder_of.push(person);
+                responders.push(Item {
+                    text: name.to_owned(),
                     priority: None,
                     evidence: vec![e.id],
-                }),
+                });
             }
         }
     }
@@ -521,7 +606,7 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts
     let detected_at = detection
         .map(|d| d.occurred_at)
         .unwrap_or(incident.triggered_at);
-    let suspects = suspects(&events, incident, detected_at, prs);
+    let suspects = suspects(&events, incident, detected_at, prs, roster);
     let (root_cause, root_cause_suspected) = match annotation(EventKind::AnnotationRootCause) {
         Some(f) => (f, false),
         None => match suspects.first() {
@@ -570,34 +655,45 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts
     };
     let mitigation_from = replaced_from(EventKind::AnnotationMitigation);
     let mut mitigations: Vec<Item> = Vec::new();
+    // Per mitigation: whether its text is what a change event said (past tense, "Rolled
+    // back …"), which reads better than the chat's "Rolling back …".
+    let mut from_change: Vec<bool> = Vec::new();
     for e in &events {
         if e.kind == EventKind::AnnotationMitigation && superseded(e, mitigation_from) {
             continue;
         }
-        if let (EventKind::AnnotationMitigation, Some(items)) = (e.kind, list_items(e)) {
-            for (text, _) in items {
-                mitigations.push(Item {
-                    text,
-                    priority: None,
-                    evidence: vec![e.id],
-                });
+        let texts: Vec<String> = match (e.kind, list_items(e)) {
+            (EventKind::AnnotationMitigation, Some(items)) => {
+                items.into_iter().map(|(t, _)| t).collect()
             }
-            continue;
-        }
-        let text = match e.kind {
-            EventKind::AnnotationMitigation => text_of(e),
-            EventKind::ChangeRolledBack => e.title.clone(),
+            (EventKind::AnnotationMitigation, None) => vec![text_of(e)],
+            (EventKind::ChangeRolledBack, _) => vec![shown_title(e, roster)],
             _ => continue,
         };
-        if !mitigations
-            .iter()
-            .any(|m| m.text.eq_ignore_ascii_case(&text))
-        {
-            mitigations.push(Item {
-                text,
-                priority: None,
-                evidence: vec![e.id],
-            });
+        let is_change = e.kind == EventKind::ChangeRolledBack;
+        for text in texts {
+            match mitigations
+                .iter()
+                .position(|m| said_once::same(&m.text, &text))
+            {
+                Some(i) => {
+                    if !mitigations[i].evidence.contains(&e.id) {
+                        mitigations[i].evidence.push(e.id);
+                    }
+                    if is_change && !from_change[i] {
+                        mitigations[i].text = text;
+                        from_change[i] = true;
+                    }
+                }
+                None => {
+                    mitigations.push(Item {
+                        text,
+                        priority: None,
+                        evidence: vec![e.id],
+                    });
+                    from_change.push(is_change);
+                }
+            }
         }
     }
 
@@ -629,10 +725,12 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts
         let e_id = id;
         match action_items
             .iter_mut()
-            .find(|a| a.text.trim().eq_ignore_ascii_case(text.trim()))
+            .find(|a| said_once::same(&a.text, &text))
         {
             Some(existing) => {
-                existing.evidence.push(e_id);
+                if !existing.evidence.contains(&e_id) {
+                    existing.evidence.push(e_id);
+                }
                 if rank(&priority) < rank(existing.priority.as_deref().unwrap_or("MEDIUM")) {
                     existing.priority = Some(priority);
                 }
@@ -664,7 +762,7 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts
             at: e.occurred_at,
             source: e.source.display_name().to_owned(),
             kind: e.kind.as_str().to_owned(),
-            title: e.title.clone(),
+            title: shown_title(e, roster),
             url: e.url.clone(),
             correlation: e.correlation.map(|c| {
                 serde_json::to_value(c)
@@ -696,7 +794,9 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex) -> Facts
         spans,
         responders,
         peaks,
+        impact,
         users_affected,
+        impact_share,
         suspects,
         root_cause,
         root_cause_suspected,

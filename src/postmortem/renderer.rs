@@ -9,10 +9,11 @@ use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
-use super::enrich::{self, GithubEnricher};
-use super::{render_pack_with, Pack, RenderError, Templates};
+use super::enrich::{self, GithubEnricher, SlackEnricher};
+use super::{render_pack_with, Known, Pack, RenderError, Templates};
 use crate::domain::{Event, Incident, IncidentId};
 use crate::ingest::{Change, LifecycleChange};
+use crate::people::Directory;
 use crate::store::{Store, StoreError};
 
 /// Why a render did not happen.
@@ -49,16 +50,8 @@ struct Version {
     event_count: u64,
     updated_at: chrono::DateTime<chrono::Utc>,
     open: bool,
-}
-
-impl Version {
-    fn of(i: &Incident) -> Self {
-        Version {
-            event_count: i.event_count,
-            updated_at: i.updated_at,
-            open: i.status.is_open(),
-        }
-    }
+    /// Bumped when a lookup names someone (a Slack profile arrived).
+    people: u64,
 }
 
 /// Renders made lately, newest last; a handful, since one big incident's pack is large.
@@ -71,6 +64,9 @@ pub struct Renderer {
     templates: Templates,
     store: Arc<dyn Store>,
     enricher: Option<GithubEnricher>,
+    slack: Option<Arc<SlackEnricher>>,
+    people: Directory,
+    people_version: Arc<std::sync::atomic::AtomicU64>,
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
     cache: Mutex<VecDeque<(IncidentId, Version, Arc<Rendered>)>>,
@@ -97,24 +93,84 @@ impl Renderer {
             templates,
             store,
             enricher,
+            slack: None,
+            people: Directory::default(),
+            people_version: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
             queue_timeout,
             cache: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Fetches GitHub details of the incident's pull requests into the cache (when a
-    /// token is configured). Never fails: the render goes on without them.
+    /// With `[[people]]` and, when a Slack bot token is configured, `users.info`.
+    pub fn with_people(mut self, people: Directory, slack: Option<SlackEnricher>) -> Self {
+        self.people = people;
+        self.slack = slack.map(Arc::new);
+        self
+    }
+
+    fn version_of(&self, i: &Incident) -> Version {
+        Version {
+            event_count: i.event_count,
+            updated_at: i.updated_at,
+            open: i.status.is_open(),
+            people: self
+                .people_version
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Fetches GitHub details of the incident's pull requests and Slack names of its
+    /// people into the cache (when tokens are configured). Never fails: the render goes
+    /// on without them.
     pub async fn enrich(&self, id: &IncidentId) {
-        let Some(enricher) = &self.enricher else {
+        if self.enricher.is_none() && self.slack.is_none() {
+            return;
+        }
+        let store = self.store.clone();
+        let key = id.clone();
+        let events = match tokio::task::spawn_blocking(move || store.incident_events(&key)).await {
+            Ok(Ok(events)) => events,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading events for enrichment failed");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading events for enrichment failed");
+                return;
+            }
+        };
+        if let Some(enricher) = &self.enricher {
+            enricher.refresh(&events).await;
+        }
+        if let Some(slack) = &self.slack {
+            if slack.refresh(&events).await > 0 {
+                self.people_version
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Looks the incident's Slack people up in the background (page loads never wait
+    /// for Slack); a later load shows the names.
+    fn enrich_people_later(&self, id: &IncidentId) {
+        let Some(slack) = self.slack.clone() else {
             return;
         };
-        match self.store.incident_events(id) {
-            Ok(events) => {
-                enricher.refresh(&events).await;
+        let store = self.store.clone();
+        let version = self.people_version.clone();
+        let key = id.clone();
+        tokio::spawn(async move {
+            let read = store.clone();
+            let Ok(Ok(events)) =
+                tokio::task::spawn_blocking(move || read.incident_events(&key)).await
+            else {
+                return;
+            };
+            if slack.refresh(&events).await > 0 {
+                version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(e) => tracing::warn!(error = %e, "reading events for enrichment failed"),
-        }
+        });
     }
 
     fn cached(&self, id: &IncidentId, version: &Version) -> Option<Arc<Rendered>> {
@@ -150,9 +206,10 @@ impl Renderer {
         id: &IncidentId,
     ) -> Result<Arc<Rendered>, RenderFailure> {
         let incident = self.incident(id).await?;
-        if let Some(hit) = self.cached(id, &Version::of(&incident)) {
+        if let Some(hit) = self.cached(id, &self.version_of(&incident)) {
             return Ok(hit);
         }
+        self.enrich_people_later(id);
         self.render_now(id).await
     }
 
@@ -249,14 +306,19 @@ impl Renderer {
             history,
             html: std::sync::OnceLock::new(),
         });
-        self.remember(id, Version::of(&incident), rendered.clone());
+        self.remember(id, self.version_of(&incident), rendered.clone());
         Ok(rendered)
     }
 
     /// A fresh render of an incident and events the caller already read (not stored).
     pub fn preview_of(&self, incident: &Incident, events: &[Event]) -> Result<Pack, RenderFailure> {
-        let prs = enrich::cached(self.store.as_ref(), events);
-        Ok(render_pack_with(&self.templates, incident, events, &prs)?)
+        let known = Known {
+            prs: enrich::cached(self.store.as_ref(), events),
+            people: self
+                .people
+                .with_slack_profiles(enrich::cached_profiles(self.store.as_ref(), events)),
+        };
+        Ok(render_pack_with(&self.templates, incident, events, &known)?)
     }
 
     fn load(&self, id: &IncidentId) -> Result<(Incident, Vec<Event>), RenderFailure> {

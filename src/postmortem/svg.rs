@@ -75,7 +75,8 @@ fn short(s: &str, max: usize) -> String {
 }
 
 /// Renders the SVG. `events` are the incident's events (any order).
-pub fn render(facts: &Facts, events: &[Event]) -> String {
+/// `roster` names the actors in the tooltips and labels as the postmortem does.
+pub fn render(facts: &Facts, events: &[Event], roster: &crate::people::Roster) -> String {
     let mut events: Vec<&Event> = events
         .iter()
         .filter(|e| !e.kind.as_str().starts_with("annotation."))
@@ -252,11 +253,12 @@ pub fn render(facts: &Facts, events: &[Event]) -> String {
             .unwrap_or(0);
         let cy = TOP + LANE * lane as f64 + LANE / 2.0;
         let cx = x(e.occurred_at);
+        let title = super::facts::shown_title(e, roster);
         let tip = format!(
             "{} [{}] {}",
             e.occurred_at.format("%Y-%m-%d %H:%M UTC"),
             e.source.display_name(),
-            e.title
+            title
         );
         let _ = writeln!(
             s,
@@ -277,7 +279,7 @@ pub fn render(facts: &Facts, events: &[Event]) -> String {
                 s,
                 "<text class=\"label\" x=\"{lx:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"{anchor}\">{}</text>",
                 cy + dy,
-                xml_escape(&short(&e.title, 40))
+                xml_escape(&short(&title, 40))
             );
         }
     }

@@ -19,7 +19,8 @@ use super::{
 use crate::annotations;
 use crate::config::Secret;
 use crate::domain::{
-    Event, EventKind, Severity, Source, KEY_PAGERDUTY_INCIDENT, KEY_PAGERDUTY_SERVICE,
+    Event, EventKind, Severity, Source, ATTR_ACTOR_ID, KEY_PAGERDUTY_INCIDENT,
+    KEY_PAGERDUTY_SERVICE,
 };
 
 const SIGNATURE_HEADER: &str = "X-PagerDuty-Signature";
@@ -159,6 +160,9 @@ struct V3Event {
 struct Reference {
     #[serde(default)]
     id: Option<String>,
+    /// `user_reference`, `service_reference`, `integration_reference`, …
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
     #[serde(default)]
     summary: Option<String>,
     #[serde(default)]
@@ -361,7 +365,7 @@ fn incident_draft(kind: EventKind, data: &IncidentData, actor: Option<String>) -
     };
     let title = match kind {
         EventKind::IncidentTriggered => match severity {
-            Some(sev) => format!("{}: {}", sev.label(), title_text),
+            Some(sev) => crate::domain::with_prefix(sev.label(), &title_text),
             None => title_text,
         },
         EventKind::IncidentAcknowledged => by("acknowledged"),
@@ -431,7 +435,17 @@ fn normalize_v3(
         delivery_keys.push(format!("pagerduty:webhook:{}", w.trim()));
     }
     let delivery = event.id.clone();
-    let actor = event.agent.as_ref().and_then(handle);
+    // Only a person is an actor: an incident resolved by its integration or service
+    // was resolved, not resolved by someone.
+    let actor = event
+        .agent
+        .as_ref()
+        .filter(|a| {
+            !a.kind
+                .as_deref()
+                .is_some_and(|k| k.starts_with("service") || k.starts_with("integration"))
+        })
+        .and_then(handle);
 
     if event
         .resource_type
@@ -535,6 +549,13 @@ fn normalize_v3(
     let mut ev = draft.into_event(occurred_at, received_at, &delivery);
     ev.attrs
         .insert("pagerduty_event_type".into(), Value::from(event.event_type));
+    // The agent's user id: what `[[people]]` maps (the summary is only a display name).
+    if let Some(id) = event.agent.as_ref().and_then(|a| a.id.as_deref()) {
+        if ev.actor.is_some() && !id.trim().is_empty() {
+            ev.attrs
+                .insert(ATTR_ACTOR_ID.into(), Value::from(id.trim().to_owned()));
+        }
+    }
     let annotation = match (ev.kind, ev.attrs.get("text").and_then(Value::as_str)) {
         (EventKind::IncidentNote, Some(text)) => annotations::derive(&ev, text),
         _ => None,

@@ -392,6 +392,7 @@ fn facts_view(
         json!({"label": "Resolved", "value": t(&f.resolved.value), "evidence": fact_evidence(&f.resolved.evidence, index)}),
         json!({"label": "Duration", "value": f.duration_minutes.value.map(|m| format!("{m} minutes")).unwrap_or_else(unknown), "evidence": fact_evidence(&f.duration_minutes.evidence, index)}),
         json!({"label": "Users affected", "value": f.users_affected.value.clone().unwrap_or_else(unknown), "evidence": fact_evidence(&f.users_affected.evidence, index)}),
+        json!({"label": "Impact", "value": f.impact.value.clone().unwrap_or_else(unknown), "evidence": fact_evidence(&f.impact.evidence, index)}),
         json!({"label": if f.root_cause_suspected { "Root cause (suspected)" } else { "Root cause" }, "value": f.root_cause.value.clone().unwrap_or_else(unknown), "evidence": fact_evidence(&f.root_cause.evidence, index)}),
     ];
     for p in &f.peaks {
@@ -450,8 +451,13 @@ async fn incident(
     let file =
         |name: &str| String::from_utf8_lossy(pack.file(name).unwrap_or_default()).into_owned();
     let index = &rendered.evidence;
-    let rows: Vec<Value> = page.items.iter().map(event_row).collect();
-    let history: Vec<Value> = rendered.history.iter().map(event_row).collect();
+    let roster = &pack.roster;
+    let rows: Vec<Value> = page.items.iter().map(|e| event_row(e, roster)).collect();
+    let history: Vec<Value> = rendered
+        .history
+        .iter()
+        .map(|e| event_row(e, roster))
+        .collect();
     let thread = file("twitter-thread.txt");
     let tweets: Vec<Value> = thread
         .split("\n\n")
@@ -488,6 +494,7 @@ async fn incident(
             f.users_affected
                 .value
                 .clone()
+                .or_else(|| f.impact.value.as_deref().map(|t| crate::postmortem::templates::cut(t, 60)))
                 .unwrap_or_else(|| "unknown".into()),
         ),
     );
@@ -557,7 +564,7 @@ async fn incident(
             "title": title,
             "summary": f.summary.value.clone().unwrap_or_default(),
             "root_cause": if f.root_cause_suspected { String::new() } else { f.root_cause.value.clone().unwrap_or_default() },
-            "impact": f.users_affected.value.clone().unwrap_or_default(),
+            "impact": f.impact.value.clone().unwrap_or_default(),
             "mitigations": f.mitigations.iter().map(|m| m.text.as_str()).collect::<Vec<_>>().join("\n"),
             "action_items": action_rows,
             "customer_message": f.customer_message.value.clone().unwrap_or_default(),
@@ -569,13 +576,14 @@ async fn incident(
     Ok(html_response("incident", html))
 }
 
-fn event_row(e: &Event) -> Value {
+/// A timeline row: its actor by name (one name per person, as in the pack).
+fn event_row(e: &Event, roster: &crate::people::Roster) -> Value {
     json!({
         "id": e.id.to_string(),
         "time": e.occurred_at.format("%Y-%m-%d %H:%M:%S").to_string(),
         "source": e.source.display_name(),
-        "title": e.title,
-        "actor": e.actor.clone().unwrap_or_default(),
+        "title": crate::postmortem::facts::shown_title(e, roster),
+        "actor": roster.name_of(&e.id).map(str::to_owned).or_else(|| e.actor.clone()).unwrap_or_default(),
         "url": e.url.as_deref().and_then(crate::domain::clean_url),
         "rule": e.correlation.map(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()).unwrap_or_default(),
         "kind_class": if e.kind.as_str().starts_with("annotation.") { "annotation" } else { "" },
@@ -656,7 +664,7 @@ async fn edit(
                 current.root_cause.value.clone()
             },
         ),
-        impact: changed(get("impact"), current.users_affected.value.clone()),
+        impact: changed(get("impact"), current.impact.value.clone()),
         customer_message: changed(
             get("customer_message"),
             current.customer_message.value.clone(),

@@ -15,6 +15,7 @@ mod lifecycle;
 mod ops;
 mod pack;
 mod pagerduty;
+mod people;
 mod read_api;
 mod replay;
 mod slack;

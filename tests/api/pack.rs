@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::helpers::*;
 use crate::replay::post_seed_incident;
 
-fn unzip(bytes: &[u8]) -> BTreeMap<String, String> {
+pub fn unzip(bytes: &[u8]) -> BTreeMap<String, String> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).expect("a zip");
     let mut out = BTreeMap::new();
     for i in 0..archive.len() {
@@ -35,7 +35,7 @@ const SEVEN: [&str; 7] = [
 ];
 
 /// The lines of one `## Section` of postmortem.md.
-fn section<'a>(md: &'a str, name: &str) -> Vec<&'a str> {
+pub fn section<'a>(md: &'a str, name: &str) -> Vec<&'a str> {
     let start = md
         .find(&format!("## {name}\n"))
         .unwrap_or_else(|| panic!("no section {name}:\n{md}"));
@@ -117,7 +117,7 @@ async fn the_seed_timeline_pasted_gives_a_pack_with_every_section_29_minutes_and
     assert_eq!(files.keys().map(String::as_str).collect::<Vec<_>>(), SEVEN);
     assert_seed_sections(&files["postmortem.md"]);
     let md = &files["postmortem.md"];
-    assert!(md.contains("error rate reached 23%"), "{md}");
+    assert!(md.contains("At its peak: error rate 23%"), "{md}");
     assert_eq!(
         section(md, "Mitigations"),
         ["- Rolling back user-sync to v2.3.1 [^t9]"]
@@ -191,7 +191,7 @@ fn unreadable_lines_are_reported_with_their_numbers() {
     assert!(err.contains("line 3") && err.contains("line 4"), "{err}");
 }
 
-async fn stored_pack(app: &TestApp, id: &str) -> Vec<u8> {
+pub async fn stored_pack(app: &TestApp, id: &str) -> Vec<u8> {
     let id = incidentpost::domain::IncidentId::parse(id).unwrap();
     for _ in 0..100 {
         if let Some(zip) = app.store.pack(&id).unwrap() {
@@ -204,7 +204,7 @@ async fn stored_pack(app: &TestApp, id: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn the_replayed_incident_gets_its_pack_on_resolve_with_cited_claims() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(crate::replay::SEED_PEOPLE, None).await;
     post_seed_incident(&app).await;
     // No request: the resolve webhook alone renders and stores the pack.
     let files = unzip(&stored_pack(&app, "PSEED01").await);
@@ -225,29 +225,57 @@ async fn the_replayed_incident_gets_its_pack_on_resolve_with_cited_claims() {
         "{root}"
     );
     assert!(md.contains(&id_of("annotation.root_cause")), "{md}");
-    // The rollback is a mitigation, with its event.
-    let mitigations = section(md, "Mitigations");
+    // One person, one name, whatever each source called them.
+    assert!(md.contains("\nResponders: Sarah Chen, Mike Ross •"), "{md}");
+    assert!(!md.contains("U0SARAH") && !md.contains("U0MIKE"), "{md}");
     assert!(
-        mitigations
-            .iter()
-            .any(|m| m.starts_with("- Rolled back user-sync to v2.3.1 [^t")),
-        "{mitigations:?}"
+        md.contains("Sarah Chen: 'Looks like connection leak"),
+        "{md}"
     );
+    // The severity prefix PagerDuty's title carries is not doubled.
+    assert!(!md.contains("CRITICAL: CRITICAL"), "{md}");
+    assert!(
+        md.contains("[PagerDuty] CRITICAL: API response time > 5000ms"),
+        "{md}"
+    );
+    // The chat's "Rolling back …" and the deploy's "Rolled back …" are one mitigation,
+    // citing both events.
+    let mitigations = section(md, "Mitigations");
+    assert_eq!(mitigations.len(), 1, "{mitigations:?}");
+    let line = &mitigations[0];
+    assert!(
+        line.starts_with("- Rolled back user-sync to v2.3.1 [^"),
+        "{line}"
+    );
+    assert_eq!(line.matches("[^").count(), 2, "{line}");
+    for kind in ["annotation.mitigation", "change.rolled_back"] {
+        let label = md
+            .lines()
+            .find(|l| l.starts_with("[^") && l.contains(&id_of(kind)))
+            .and_then(|l| l.split(']').next())
+            .unwrap()
+            .to_owned();
+        assert!(line.contains(&format!("{label}]")), "{kind}: {line}");
+    }
     // Action items keep their priority.
-    assert_eq!(
-        section(md, "Action Items"),
-        ["- **HIGH** alert on connection pool saturation [^a2]"]
+    let actions = section(md, "Action Items");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert!(
+        actions[0].starts_with("- **HIGH** alert on connection pool saturation [^a"),
+        "{actions:?}"
     );
+    // The header shows the number the impact states; the summary says the sentence.
+    assert!(md.contains("Users affected: 12,400 •"), "{md}");
     // Peak error rate 23%, with its evidence.
     let summary = section(md, "Executive Summary").join(" ");
     let cite = summary
-        .split("error rate reached 23%. ")
+        .split("error rate 23%")
         .nth(1)
         .expect("peak quoted")
-        .split(' ')
+        .split(']')
         .next()
         .unwrap();
-    let label = cite.trim_start_matches("[^").trim_end_matches(']');
+    let label = cite.trim_start_matches("[^");
     let evidence_line = md
         .lines()
         .find(|l| l.starts_with(&format!("[^{label}]:")))
@@ -256,8 +284,18 @@ async fn the_replayed_incident_gets_its_pack_on_resolve_with_cited_claims() {
         evidence_line.contains("Error rate: 23% of requests returning 503"),
         "{evidence_line}"
     );
-    // No impact annotation: users affected is unknown, not guessed.
-    assert!(md.contains("Users affected: unknown"), "{md}");
+    assert!(
+        summary.contains("Impact: 12,400 users affected, 23% of requests failed at peak."),
+        "{summary}"
+    );
+    // Said once, in public too.
+    let hn = &files["hn-post.txt"];
+    assert_eq!(hn.matches("v2.3.1").count(), 1, "{hn}");
+    assert!(
+        hn.contains("What fixed it: Rolled back user-sync to v2.3.1."),
+        "{hn}"
+    );
+    assert!(hn.contains("12,400 users were affected"), "{hn}");
 
     // The other files.
     let lanes = svg_lanes(&files["timeline.svg"]);
@@ -350,7 +388,12 @@ async fn an_open_incident_gets_a_draft_and_an_edit_changes_the_postmortem() {
             .starts_with("Certificate expired on the API load balancer [^a"),
         "{md}"
     );
-    assert!(md.contains("Users affected: about 3,000 users"));
+    // The header shows the number the impact states; the summary says the sentence.
+    assert!(md.contains("Users affected: 3,000 •"), "{md}");
+    assert!(
+        section(&md, "Executive Summary")[0].contains("Impact: About 3,000 users"),
+        "{md}"
+    );
     assert_eq!(
         section(&md, "Action Items"),
         ["- **HIGH** Alert 30 days before certificates expire [^a3]"]
@@ -403,22 +446,58 @@ async fn an_open_incident_gets_a_draft_and_an_edit_changes_the_postmortem() {
 
 #[test]
 fn a_template_override_is_used_and_a_missing_variable_fails_at_load() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("hn-post.txt.hbs"),
-        "Custom HN: {{title}} took {{duration}}\n",
-    )
-    .unwrap();
-    let templates = Templates::load(Some(dir.path())).unwrap();
-    let imported = import::parse(
+    let seed = import::parse(
         &String::from_utf8(fixture_bytes("seed-timeline.txt")).unwrap(),
         None,
         None,
     )
     .unwrap();
-    let pack = render_pack(&templates, &imported.incident, &imported.events).unwrap();
+    let hn_of = |templates: &Templates| {
+        let pack = render_pack(templates, &seed.incident, &seed.events).unwrap();
+        String::from_utf8(pack.file("hn-post.txt").unwrap().to_vec()).unwrap()
+    };
+    let default = hn_of(&Templates::load(None).unwrap());
+    // The embedded template, copied and changed by one literal word, changes the post by
+    // that word and nothing else.
+    let embedded = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/hn-post.txt.hbs"),
+    )
+    .unwrap();
+    assert!(embedded.contains("What fixed it:"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hn-post.txt.hbs"),
+        embedded.replace("What fixed it:", "What repaired it:"),
+    )
+    .unwrap();
+    let custom = hn_of(&Templates::load(Some(dir.path())).unwrap());
+    assert_ne!(custom, default);
     assert_eq!(
-        String::from_utf8(pack.file("hn-post.txt").unwrap().to_vec()).unwrap(),
+        custom.replace("What repaired it:", "What fixed it:"),
+        default
+    );
+    // A partial is replaced the same way: the summary's words, in postmortem.md.
+    std::fs::create_dir_all(dir.path().join("partials")).unwrap();
+    std::fs::write(
+        dir.path().join("partials/summary.hbs"),
+        "In short: {{title}}, {{duration}}.\n",
+    )
+    .unwrap();
+    let templates = Templates::load(Some(dir.path())).unwrap();
+    let pack = render_pack(&templates, &seed.incident, &seed.events).unwrap();
+    let md = String::from_utf8(pack.file("postmortem.md").unwrap().to_vec()).unwrap();
+    assert_eq!(
+        section(&md, "Executive Summary"),
+        ["In short: API response time > 5000ms, 29 minutes."]
+    );
+    std::fs::remove_dir_all(dir.path().join("partials")).unwrap();
+    std::fs::write(
+        dir.path().join("hn-post.txt.hbs"),
+        "Custom HN: {{title}} took {{duration}}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        hn_of(&Templates::load(Some(dir.path())).unwrap()),
         "Custom HN: API response time > 5000ms took 29 minutes\n"
     );
     std::fs::write(
@@ -455,21 +534,26 @@ fn postmortem_snapshots_match() {
     for (name, text) in cases {
         let imported = import::parse(&text, None, None).unwrap();
         let pack = render_pack(&templates, &imported.incident, &imported.events).unwrap();
-        let md = String::from_utf8(pack.file("postmortem.md").unwrap().to_vec()).unwrap();
-        let path = dir.join(format!("{name}.postmortem.md"));
-        names.push(format!("{name}.postmortem.md"));
-        if update {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&path, &md).unwrap();
+        // The prose of every file people read, byte for byte.
+        for file in ["postmortem.md", "hn-post.txt", "twitter-thread.txt"] {
+            let got = String::from_utf8(pack.file(file).unwrap().to_vec()).unwrap();
+            let snapshot = format!("{name}.{file}");
+            let path = dir.join(&snapshot);
+            names.push(snapshot);
+            if update {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &got).unwrap();
+            }
+            let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+                panic!("{} missing: run with UPDATE_SNAPSHOTS=1", path.display())
+            });
+            assert_eq!(
+                got,
+                expected,
+                "{name}: the rendered {file} differs from {}",
+                path.display()
+            );
         }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_SNAPSHOTS=1", path.display()));
-        assert_eq!(
-            md,
-            expected,
-            "{name}: the rendered postmortem.md differs from {}",
-            path.display()
-        );
     }
     // No unreferenced snapshots.
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)

@@ -11,14 +11,23 @@ fn rfc(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn slack_at(event_id: &str, t: chrono::DateTime<Utc>, text: &str) -> Vec<u8> {
-    slack_message(
+/// A Slack message by `user` (a Slack user id, as Slack sends it).
+fn slack_at(event_id: &str, user: &str, t: chrono::DateTime<Utc>, text: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&slack_message(
         event_id,
         "C-INC",
         &format!("{}.{:06}", t.timestamp(), t.timestamp_subsec_micros()),
         text,
-    )
+    ))
+    .unwrap();
+    v["event"]["user"] = user.into();
+    serde_json::to_vec(&v).unwrap()
 }
+
+/// `[[people]]` for the seed's two responders.
+pub const SEED_PEOPLE: &str =
+    "[[people]]\nname = 'Sarah Chen'\nslack = ['U0SARAH']\npagerduty = ['PSARAH1']\n\
+     [[people]]\nname = 'Mike Ross'\nslack = ['U0MIKE']\ngithub = ['mike']\n";
 
 fn eventbridge_alarm(id: &str, t: chrono::DateTime<Utc>, state: &str, value: f64) -> Vec<u8> {
     let mut v =
@@ -35,15 +44,19 @@ fn eventbridge_alarm(id: &str, t: chrono::DateTime<Utc>, state: &str, value: f64
     serde_json::to_vec(&v).unwrap()
 }
 
-fn deploy(version: &str, t: chrono::DateTime<Utc>) -> Vec<u8> {
+fn deploy(version: &str, t: chrono::DateTime<Utc>, by: &str) -> Vec<u8> {
     let mut v = fixture_json("github/deployment_status.created.octokit.json");
     v["repository"]["full_name"] = "acme/user-sync".into();
+    v["deployment_status"]["creator"]["login"] = by.into();
+    v["deployment"]["creator"]["login"] = by.into();
     v["deployment"]["ref"] = version.into();
     v["deployment_status"]["created_at"] = rfc(t).into();
     serde_json::to_vec(&v).unwrap()
 }
 
 /// Sends the whole seed-like incident `PSEED01` through the webhooks, retries included.
+/// Its people are named as each source names them: Slack user ids `U0SARAH` and `U0MIKE`,
+/// the PagerDuty agent "Sarah Chen" (`PSARAH1`), the GitHub login `mike`.
 pub async fn post_seed_incident(app: &TestApp) {
     let t0 = Utc::now() - Duration::minutes(40);
     let m = |mins: i64| t0 + Duration::minutes(mins);
@@ -56,7 +69,7 @@ pub async fn post_seed_incident(app: &TestApp) {
     pr["pull_request"]["merged"] = true.into();
     pr["pull_request"]["merged_at"] = rfc(t0 - Duration::days(1)).into();
     let pr = serde_json::to_vec(&pr).unwrap();
-    let deploy_new = deploy("v2.4.0", t0 - Duration::hours(2));
+    let deploy_new = deploy("v2.4.0", t0 - Duration::hours(2), "Codertocat");
     let early_alert = datadog_alert(
         "dd-1",
         "Triggered",
@@ -65,8 +78,22 @@ pub async fn post_seed_incident(app: &TestApp) {
         "service:user-sync",
         m(-2),
     );
-    let trigger = pd_v3("incident.triggered", "PSEED01", "pd-1", &rfc(m(0)));
-    let ack = pd_v3("incident.acknowledged", "PSEED01", "pd-2", &rfc(m(2)));
+    // The PagerDuty title already carries its severity: it must not be doubled.
+    let mut trigger: Value =
+        serde_json::from_slice(&pd_v3("incident.triggered", "PSEED01", "pd-1", &rfc(m(0))))
+            .unwrap();
+    trigger["event"]["data"]["title"] = "CRITICAL: API response time > 5000ms".into();
+    let trigger = serde_json::to_vec(&trigger).unwrap();
+    let mut ack: Value = serde_json::from_slice(&pd_v3(
+        "incident.acknowledged",
+        "PSEED01",
+        "pd-2",
+        &rfc(m(2)),
+    ))
+    .unwrap();
+    ack["event"]["agent"]["summary"] = "Sarah Chen".into();
+    ack["event"]["agent"]["id"] = "PSARAH1".into();
+    let ack = serde_json::to_vec(&ack).unwrap();
     let errors = datadog_alert(
         "dd-2",
         "Triggered",
@@ -77,20 +104,35 @@ pub async fn post_seed_incident(app: &TestApp) {
     );
     let chat = slack_at(
         "Ev-1",
+        "U0SARAH",
         m(5),
         "Looks like connection leak from the new user-sync service",
     );
     let alarm = eventbridge_alarm("eb-1", m(7), "ALARM", 87.0);
     let cause = slack_at(
         "Ev-2",
+        "U0SARAH",
         m(10),
         "root cause: PR #2847 missing connection.close() in error handler",
     );
-    let rollback = deploy("v2.3.1", m(12));
+    let rolling = slack_at(
+        "Ev-4",
+        "U0MIKE",
+        m(11),
+        "mitigation: Rolling back user-sync to v2.3.1",
+    );
+    let rollback = deploy("v2.3.1", m(12), "mike");
     let action = slack_at(
         "Ev-3",
+        "U0MIKE",
         m(14),
         "action HIGH: alert on connection pool saturation",
+    );
+    let impact = slack_at(
+        "Ev-5",
+        "U0SARAH",
+        m(16),
+        "impact: 12,400 users affected, 23% of requests failed at peak",
     );
     let recovered = datadog_alert(
         "dd-3",
@@ -100,7 +142,12 @@ pub async fn post_seed_incident(app: &TestApp) {
         "service:user-sync",
         m(20),
     );
-    let resolve = pd_v3("incident.resolved", "PSEED01", "pd-3", &rfc(m(29)));
+    let mut resolve: Value =
+        serde_json::from_slice(&pd_v3("incident.resolved", "PSEED01", "pd-3", &rfc(m(29))))
+            .unwrap();
+    resolve["event"]["agent"]["summary"] = "Sarah Chen".into();
+    resolve["event"]["agent"]["id"] = "PSARAH1".into();
+    let resolve = serde_json::to_vec(&resolve).unwrap();
 
     assert_eq!(
         app.post_github("pull_request", "gh-1", &pr).await.status(),
@@ -123,6 +170,7 @@ pub async fn post_seed_incident(app: &TestApp) {
         202
     );
     assert_eq!(app.post_slack(&cause).await.status(), 202);
+    assert_eq!(app.post_slack(&rolling).await.status(), 202);
     assert_eq!(
         app.post_github("deployment_status", "gh-3", &rollback)
             .await
@@ -130,6 +178,7 @@ pub async fn post_seed_incident(app: &TestApp) {
         202
     );
     assert_eq!(app.post_slack(&action).await.status(), 202);
+    assert_eq!(app.post_slack(&impact).await.status(), 202);
     assert_eq!(app.post_datadog(&recovered).await.status(), 202);
     assert_eq!(app.post_pagerduty(&resolve).await.status(), 202);
     // Providers retry: every one of these is a duplicate now.
@@ -175,7 +224,7 @@ pub async fn post_seed_incident(app: &TestApp) {
             "CRITICAL: API response time > 5000ms",
             "explicit",
         ),
-        ("pagerduty", "@PIG 208 acknowledged", "explicit"),
+        ("pagerduty", "@Sarah Chen acknowledged", "explicit"),
         (
             "datadog",
             "Alert: Error rate: 23% of requests returning 503",
@@ -183,7 +232,7 @@ pub async fn post_seed_incident(app: &TestApp) {
         ),
         (
             "slack",
-            "@sarah: 'Looks like connection leak from the new user-sync service'",
+            "@U0SARAH: 'Looks like connection leak from the new user-sync service'",
             "sole_open",
         ),
         (
@@ -193,7 +242,7 @@ pub async fn post_seed_incident(app: &TestApp) {
         ),
         (
             "slack",
-            "@sarah: 'root cause: PR #2847 missing connection.close() in error handler'",
+            "@U0SARAH: 'root cause: PR #2847 missing connection.close() in error handler'",
             "sole_open",
         ),
         (
@@ -201,15 +250,35 @@ pub async fn post_seed_incident(app: &TestApp) {
             "Root cause: PR #2847 missing connection.close() in error handler",
             "sole_open",
         ),
+        (
+            "slack",
+            "@U0MIKE: 'mitigation: Rolling back user-sync to v2.3.1'",
+            "sole_open",
+        ),
+        (
+            "slack",
+            "Mitigation: Rolling back user-sync to v2.3.1",
+            "sole_open",
+        ),
         ("github", "Rolled back user-sync to v2.3.1", "sole_open"),
         (
             "slack",
-            "@sarah: 'action HIGH: alert on connection pool saturation'",
+            "@U0MIKE: 'action HIGH: alert on connection pool saturation'",
             "sole_open",
         ),
         (
             "slack",
             "Action (HIGH): alert on connection pool saturation",
+            "sole_open",
+        ),
+        (
+            "slack",
+            "@U0SARAH: 'impact: 12,400 users affected, 23% of requests failed at peak'",
+            "sole_open",
+        ),
+        (
+            "slack",
+            "Impact: 12,400 users affected, 23% of requests failed at peak",
             "sole_open",
         ),
         (
