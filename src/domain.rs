@@ -334,6 +334,19 @@ pub enum CorrelationRule {
     Grace,
 }
 
+impl CorrelationRule {
+    /// The name it is serialized as (`sole_open`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CorrelationRule::Explicit => "explicit",
+            CorrelationRule::Service => "service",
+            CorrelationRule::SoleOpen => "sole_open",
+            CorrelationRule::LookBack => "look_back",
+            CorrelationRule::Grace => "grace",
+        }
+    }
+}
+
 /// `host[:port]` or `[v6][:port]` → the lower-case host; `None` for anything else.
 pub fn host_of_authority(authority: &str) -> Option<String> {
     let a = authority.trim().to_ascii_lowercase();

@@ -11,6 +11,9 @@ pub fn zip_files(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, RenderError> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
+        // The fastest level: a 10,000-event pack deflates in a third of the default's
+        // time for a zip about a fifth larger (BENCHMARKS.md).
+        .compression_level(Some(1))
         .last_modified_time(zip::DateTime::default())
         .unix_permissions(0o644);
     for (name, bytes) in files {

@@ -476,8 +476,15 @@ pub fn shown_title(e: &Event, roster: &Roster) -> String {
 /// Like [`facts`], with GitHub's details of the pull requests behind the changes and the
 /// people behind the actors.
 pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex, roster: &Roster) -> Facts {
-    let mut events: Vec<Event> = events.to_vec();
-    events.sort_by_key(|e| e.occurred_at);
+    // Time order; the renderer passes them sorted already (no copy then).
+    let events: std::borrow::Cow<[Event]> = if events.is_sorted_by_key(|e| e.occurred_at) {
+        std::borrow::Cow::Borrowed(events)
+    } else {
+        let mut sorted = events.to_vec();
+        sorted.sort_by_key(|e| e.occurred_at);
+        std::borrow::Cow::Owned(sorted)
+    };
+    let events: &[Event] = &events;
 
     let first = |k: EventKind| events.iter().find(|e| e.kind == k);
     let trigger = first(EventKind::IncidentTriggered);
@@ -543,7 +550,7 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex, roster: 
     );
 
     let annotation =
-        |kind| last_annotation(&events, kind).map(|e| Fact::known(text_of(e), vec![e.id]));
+        |kind| last_annotation(events, kind).map(|e| Fact::known(text_of(e), vec![e.id]));
     let title = annotation(EventKind::AnnotationTitle).unwrap_or_else(|| match trigger {
         Some(t) => Fact::known(incident.title.clone(), vec![t.id]),
         None => Fact::known(incident.title.clone(), Vec::new()),
@@ -602,11 +609,11 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex, roster: 
         }
     }
 
-    let peaks = peaks(&events);
+    let peaks = peaks(events);
     let detected_at = detection
         .map(|d| d.occurred_at)
         .unwrap_or(incident.triggered_at);
-    let suspects = suspects(&events, incident, detected_at, prs, roster);
+    let suspects = suspects(events, incident, detected_at, prs, roster);
     let (root_cause, root_cause_suspected) = match annotation(EventKind::AnnotationRootCause) {
         Some(f) => (f, false),
         None => match suspects.first() {
@@ -658,7 +665,7 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex, roster: 
     // Per mitigation: whether its text is what a change event said (past tense, "Rolled
     // back …"), which reads better than the chat's "Rolling back …".
     let mut from_change: Vec<bool> = Vec::new();
-    for e in &events {
+    for e in events {
         if e.kind == EventKind::AnnotationMitigation && superseded(e, mitigation_from) {
             continue;
         }
@@ -700,7 +707,7 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex, roster: 
     let action_from = replaced_from(EventKind::AnnotationActionItem);
     let mut action_items: Vec<Item> = Vec::new();
     let mut entries: Vec<(String, String, Ulid)> = Vec::new();
-    for e in &events {
+    for e in events {
         if e.kind != EventKind::AnnotationActionItem || superseded(e, action_from) {
             continue;
         }
@@ -764,12 +771,7 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex, roster: 
             kind: e.kind.as_str().to_owned(),
             title: shown_title(e, roster),
             url: e.url.clone(),
-            correlation: e.correlation.map(|c| {
-                serde_json::to_value(c)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            }),
+            correlation: e.correlation.map(|c| c.as_str().to_owned()),
             severity: e.severity.map(|s| s.label().to_owned()),
         })
         .collect();

@@ -169,7 +169,8 @@ pub fn time_label(t: DateTime<Utc>, multi_day: bool) -> String {
 /// Citation labels: `t3` for the third timeline entry, `a1` for the first other event
 /// (annotations) by time. Remembers which were used, for the Evidence section.
 struct Citations {
-    labels: HashMap<Ulid, String>,
+    /// Event → timeline number (`t<n>`) or annotation number (`a<n>`).
+    labels: HashMap<Ulid, (char, usize)>,
     used: Vec<Ulid>,
 }
 
@@ -177,7 +178,7 @@ impl Citations {
     fn new(facts: &Facts, events: &[Event]) -> Self {
         let mut labels = HashMap::with_capacity(events.len());
         for t in &facts.timeline {
-            labels.insert(t.id, format!("t{}", t.n));
+            labels.insert(t.id, ('t', t.n));
         }
         let mut others: Vec<&Event> = events
             .iter()
@@ -185,7 +186,7 @@ impl Citations {
             .collect();
         others.sort_by_key(|e| e.occurred_at);
         for (i, e) in others.iter().enumerate() {
-            labels.insert(e.id, format!("a{}", i + 1));
+            labels.insert(e.id, ('a', i + 1));
         }
         Citations {
             labels,
@@ -193,16 +194,20 @@ impl Citations {
         }
     }
 
+    fn label(&self, id: &Ulid) -> Option<String> {
+        self.labels.get(id).map(|(k, n)| format!("{k}{n}"))
+    }
+
     /// `[^t3][^a1]` for the evidence of a fact.
     fn cite(&mut self, ids: &[Ulid]) -> String {
         let mut out = String::new();
         for id in ids {
-            if let Some(label) = self.labels.get(id) {
+            if let Some(label) = self.label(id) {
                 if !self.used.contains(id) {
                     self.used.push(*id);
                 }
                 out.push_str("[^");
-                out.push_str(label);
+                out.push_str(&label);
                 out.push(']');
             }
         }
@@ -325,25 +330,25 @@ pub fn build(facts: &Facts, events: &[Event]) -> View {
             label: format!("t{}", t.n),
         })
         .collect();
-    // Every timeline entry is cited by its own line.
-    let mut cited: Vec<Ulid> = facts.timeline.iter().map(|t| t.id).collect();
-    let listed: std::collections::HashSet<Ulid> = cited.iter().copied().collect();
-    cited.extend(c.used.iter().filter(|id| !listed.contains(id)));
+    // The Evidence section: the events the claims cite (a timeline line is an event, not
+    // a claim: it carries its own source link), in time order.
     let by_id: HashMap<Ulid, &Event> = events.iter().map(|e| (e.id, e)).collect();
     let titles: HashMap<Ulid, &str> = facts
         .timeline
         .iter()
+        .filter(|t| c.used.contains(&t.id))
         .map(|t| (t.id, t.title.as_str()))
         .collect();
-    let mut cited: Vec<&Event> = cited
+    let mut cited: Vec<&Event> = c
+        .used
         .iter()
         .filter_map(|id| by_id.get(id).copied())
         .collect();
-    cited.sort_by_key(|e| e.occurred_at);
+    cited.sort_by_key(|e| (e.occurred_at, c.labels.get(&e.id).copied()));
     let evidence = cited
         .iter()
         .map(|e| EvidenceView {
-            label: c.labels.get(&e.id).cloned().unwrap_or_default(),
+            label: c.label(&e.id).unwrap_or_default(),
             time: time_label(e.occurred_at, md),
             source: e.source.display_name().to_owned(),
             title: titles

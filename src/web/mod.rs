@@ -585,7 +585,7 @@ fn event_row(e: &Event, roster: &crate::people::Roster) -> Value {
         "title": crate::postmortem::facts::shown_title(e, roster),
         "actor": roster.name_of(&e.id).map(str::to_owned).or_else(|| e.actor.clone()).unwrap_or_default(),
         "url": e.url.as_deref().and_then(crate::domain::clean_url),
-        "rule": e.correlation.map(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()).unwrap_or_default(),
+        "rule": e.correlation.map(|c| c.as_str()).unwrap_or_default(),
         "kind_class": if e.kind.as_str().starts_with("annotation.") { "annotation" } else { "" },
     })
 }
