@@ -194,6 +194,9 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    /// `sled` (embedded, one node) or `postgres` (N replicas on one database).
+    pub backend: StorageBackend,
+    pub postgres: PostgresSettings,
     pub path: PathBuf,
     pub flush_every_ms: u64,
     pub cache_capacity_bytes: u64,
@@ -202,6 +205,23 @@ pub struct StorageSettings {
     pub delivery_retention_days: u32,
     /// Unattached events (and their raw payloads) older than this are pruned.
     pub stream_retention_days: u32,
+}
+
+/// Where the events live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Sled,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// `postgres://user:password@host:5432/db`; empty: `DATABASE_URL`.
+    pub url: Secret,
+    /// Connections this replica opens at most.
+    pub max_connections: usize,
 }
 
 /// Log output format.
@@ -322,7 +342,12 @@ impl Settings {
                     .try_parsing(true),
             );
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        if from.use_environment && settings.storage.postgres.url.is_empty() {
+            if let Ok(url) = std::env::var("DATABASE_URL") {
+                settings.storage.postgres.url = Secret::new(url);
+            }
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -546,19 +571,49 @@ impl Settings {
         if c.grace_mins > 24 * 60 {
             return Err(invalid("correlation.grace_mins", "must be at most 1440"));
         }
+        if self.storage.backend == StorageBackend::Postgres {
+            let url = self.storage.postgres.url.expose();
+            if url.trim().is_empty() {
+                return Err(invalid(
+                    "storage.postgres.url",
+                    "must be set (or DATABASE_URL) with storage.backend = \"postgres\"",
+                ));
+            }
+            if url.parse::<postgres::Config>().is_err() {
+                return Err(invalid(
+                    "storage.postgres.url",
+                    "is not a PostgreSQL connection string (postgres://user@host:5432/db)",
+                ));
+            }
+        }
+        if !(1..=256).contains(&self.storage.postgres.max_connections) {
+            return Err(invalid(
+                "storage.postgres.max_connections",
+                "must be between 1 and 256",
+            ));
+        }
         if let Err(e) = crate::people::Directory::new(&self.people) {
             return Err(invalid("people", e.to_string()));
         }
         if let Err(e) = crate::postmortem::redact::Redactor::new(&self.render.redact_patterns) {
             return Err(invalid("render.redact_patterns", e));
         }
-        if !self.sources.slack.bot_token.is_empty()
-            && crate::domain::clean_url(&self.sources.slack.api_url).is_none()
-        {
-            return Err(invalid(
-                "sources.slack.api_url",
-                "must be an http(s) URL (https://slack.com/api)",
-            ));
+        if !self.sources.slack.bot_token.is_empty() {
+            let url = &self.sources.slack.api_url;
+            let host = crate::domain::url_origin_parts(url)
+                .and_then(|(_, authority)| crate::domain::host_of_authority(&authority));
+            let loopback = host.as_deref().is_some_and(|h| {
+                let h = h.trim_start_matches('[').trim_end_matches(']');
+                h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            if host.is_none() || !(url.to_ascii_lowercase().starts_with("https://") || loopback) {
+                return Err(invalid(
+                    "sources.slack.api_url",
+                    "must be an https URL (https://slack.com/api); plain http only on loopback, as it carries the bot token",
+                ));
+            }
         }
         if !(1..=3600).contains(&self.sources.slack.max_skew_secs) {
             return Err(invalid(

@@ -195,7 +195,7 @@ fn render_offline(
     templates: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    use incidentpost::postmortem::{import, render_pack, Templates};
+    use incidentpost::postmortem::{import, Templates};
     let text = if timeline.as_os_str() == "-" {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
@@ -209,7 +209,15 @@ fn render_offline(
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
     });
-    let templates = Templates::load(dir.as_deref())?;
+    let redactor =
+        incidentpost::postmortem::redact::Redactor::new(&settings.render.redact_patterns)
+            .map_err(|e| anyhow::anyhow!("render.redact_patterns: {e}"))?;
+    let templates =
+        Templates::load(dir.as_deref())?.with_redaction(redactor, settings.render.redact_internal);
+    let known = incidentpost::postmortem::Known {
+        people: incidentpost::people::Directory::new(&settings.people)?,
+        ..Default::default()
+    };
     let imported = match import::parse(&text, date, None) {
         Ok(i) => i,
         Err(import::ImportError::NothingReadable(skipped)) => {
@@ -231,7 +239,12 @@ fn render_offline(
             s.reason
         );
     }
-    let pack = render_pack(&templates, &imported.incident, &imported.events)?;
+    let pack = incidentpost::postmortem::render_pack_with(
+        &templates,
+        &imported.incident,
+        &imported.events,
+        &known,
+    )?;
     std::fs::write(output, &pack.zip).with_context(|| format!("writing {}", output.display()))?;
     eprintln!(
         "wrote {} ({} events, {} lines not read): {}",

@@ -39,7 +39,21 @@ pub struct Application {
 }
 
 /// Opens the sled store the settings name.
-pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<SledStore>> {
+/// Opens the configured store: sled under `storage.path`, or PostgreSQL.
+pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    match settings.storage.backend {
+        crate::config::StorageBackend::Sled => Ok(open_sled(settings)?),
+        crate::config::StorageBackend::Postgres => {
+            let pg = &settings.storage.postgres;
+            let store = crate::store::PgStore::open(pg.url.expose(), pg.max_connections)
+                .context("opening the PostgreSQL database (storage.postgres.url)")?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Opens the sled store under `storage.path`.
+pub fn open_sled(settings: &Settings) -> anyhow::Result<Arc<SledStore>> {
     let path = &settings.storage.path;
     std::fs::create_dir_all(path)
         .with_context(|| format!("creating storage.path {}", path.display()))?;

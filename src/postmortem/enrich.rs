@@ -169,6 +169,8 @@ const SLACK_LOOKUPS_PER_RENDER: usize = 50;
 /// Names Slack user ids with `users.info` (only with `sources.slack.bot_token`) and
 /// caches what Slack said in the store. Ids `[[people]]` already names are not looked up.
 pub struct SlackEnricher {
+    /// Until when Slack is not asked (after a rate limit or a refused token).
+    paused_until: std::sync::Mutex<Option<std::time::Instant>>,
     client: reqwest::Client,
     token: String,
     api_url: String,
@@ -189,6 +191,7 @@ impl SlackEnricher {
             .timeout(Duration::from_secs(5))
             .build()?;
         Ok(SlackEnricher {
+            paused_until: std::sync::Mutex::new(None),
             client,
             token: token.to_owned(),
             api_url: api_url.trim_end_matches('/').to_owned(),
@@ -197,9 +200,30 @@ impl SlackEnricher {
         })
     }
 
-    /// Looks up the users not cached yet. Returns how many were newly named; failures are
-    /// logged and skipped (the pack shows the id), a rate limit ends the round.
+    fn pause(&self, for_: Duration) {
+        *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now() + for_);
+    }
+
+    /// Looks up the users not cached yet, for at most 10 seconds in all. Returns how many
+    /// were newly named; failures are logged and skipped (the pack shows the id). A rate
+    /// limit pauses lookups for its `Retry-After`, a refused token for ten minutes.
     pub async fn refresh(&self, events: &[Event]) -> usize {
+        let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if paused.is_some_and(|t| t > std::time::Instant::now()) {
+            return 0;
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.lookups(events))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(
+                    "Slack users.info lookups took over 10 s; the rest wait for the next render"
+                );
+                0
+            })
+    }
+
+    async fn lookups(&self, events: &[Event]) -> usize {
         let mut fetched = 0;
         let todo: Vec<String> = slack_ids(events)
             .into_iter()
@@ -230,6 +254,9 @@ impl SlackEnricher {
                         .to_owned();
                     metrics::counter!("incidentpost_slack_lookups_total", "result" => "rate_limited").increment(1);
                     tracing::warn!(user = %id, retry_after = %after, "Slack users.info is rate limited; names wait for the next render");
+                    self.pause(Duration::from_secs(
+                        after.parse().unwrap_or(60).clamp(1, 3600),
+                    ));
                     break;
                 }
                 Ok(res) => res.json::<Value>().await.map_err(|e| e.to_string()),
@@ -254,6 +281,18 @@ impl SlackEnricher {
                 metrics::counter!("incidentpost_slack_lookups_total", "result" => "refused")
                     .increment(1);
                 tracing::warn!(user = %id, error, "Slack refused users.info (the bot token needs users:read)");
+                if matches!(
+                    error,
+                    "invalid_auth"
+                        | "not_authed"
+                        | "missing_scope"
+                        | "account_inactive"
+                        | "token_revoked"
+                ) {
+                    // Every other id would be refused the same way.
+                    self.pause(Duration::from_secs(600));
+                    break;
+                }
                 // An unknown user stays unknown: remember it, so it is not asked again.
                 (error == "user_not_found").then(|| crate::people::SlackProfile {
                     id: id.clone(),

@@ -448,24 +448,39 @@ pub fn facts(incident: &Incident, events: &[Event]) -> Facts {
 /// The users and the share an `impact:` text states: `12,400 users affected, 23% of
 /// requests failed` → (`12,400`, `23%`).
 pub fn impact_numbers(text: &str) -> (Option<String>, Option<String>) {
+    let (users, _, share) = impact_parts(text);
+    (users, share)
+}
+
+/// Like [`impact_numbers`], with the word the number counts (`users`, `tenants`).
+pub fn impact_parts(text: &str) -> (Option<String>, Option<String>, Option<String>) {
     use std::sync::LazyLock;
+    // A number right before the people it counts: `12,400 users`, `~3k customers`.
     static USERS: LazyLock<regex::Regex> = LazyLock::new(|| {
-        regex::Regex::new(r"(?i)(?:^|[^\d.,])(~?\d{1,3}(?:,\d{3})+|~?\d+(?:\.\d+)?\s?[km]?)\+?\s+(?:[a-z-]+\s+)?(?:users?|customers?|accounts?|people|tenants?|merchants?|clients?|members?|subscribers?|players?|visitors?|sellers?|buyers?|drivers?|riders?)\b")
+        regex::Regex::new(r"(?i)(?:^|[^\d.,])(~?\d{1,3}(?:,\d{3})+|~?\d+(?:\.\d+)?\s?[km]?)\+?\s+(users?|customers?|accounts?|people|tenants?|merchants?|clients?|members?|subscribers?|players?|visitors?|sellers?|buyers?|drivers?|riders?)\b")
             .unwrap_or_else(|e| unreachable!("static regex: {e}"))
     });
     static SHARE: LazyLock<regex::Regex> = LazyLock::new(|| {
         regex::Regex::new(r"(\d+(?:\.\d+)?)\s?%")
             .unwrap_or_else(|e| unreachable!("static regex: {e}"))
     });
-    let users = USERS
-        .captures(text)
+    let found = USERS.captures(text);
+    let users = found
+        .as_ref()
         .and_then(|c| c.get(1))
         .map(|m| m.as_str().replace(' ', ""));
+    let noun = found
+        .as_ref()
+        .and_then(|c| c.get(2))
+        .map(|m| m.as_str().to_lowercase());
+    // The worst share stated ("from 0.1% to 23%": 23%).
     let share = SHARE
-        .captures(text)
-        .and_then(|c| c.get(1))
-        .map(|m| format!("{}%", m.as_str()));
-    (users, share)
+        .captures_iter(text)
+        .filter_map(|c| c.get(1))
+        .filter_map(|m| m.as_str().parse::<f64>().ok().map(|v| (v, m.as_str())))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, s)| format!("{s}%"));
+    (users, noun, share)
 }
 
 /// The title an event shows: its actor by name, a doubled prefix removed.

@@ -361,10 +361,9 @@ pub fn render_pack_with(
     if templates.redact_internal {
         redacted_all(&mut full, redactor);
     }
-    let mut md = reg.render("postmortem.md", &full)?;
-    if templates.redact_internal {
-        md = redactor.redact(&md).into_owned();
-    }
+    // With `redact_internal` the values were redacted above, before Markdown escaping (a
+    // pass over the finished file could turn `[redacted](…)` into a link).
+    let md = reg.render("postmortem.md", &full)?;
     let hn = redactor
         .redact(&reg.render("hn-post.txt", &public)?)
         .into_owned();

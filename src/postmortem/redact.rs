@@ -13,10 +13,18 @@ pub const MARK: &str = "[redacted]";
 /// The built-in kinds, in the order they are applied (tokens before the generic
 /// secrets, so a whole token goes at once).
 const BUILT_IN: &[&str] = &[
-    // Bearer tokens: the word and the token.
-    r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}",
-    // Slack tokens.
+    // Bearer tokens: the word and a token (with a digit: "bearer credentials" is prose).
+    r"(?i)\bbearer\s+[A-Za-z._~+/=-]*[0-9][A-Za-z0-9._~+/=-]{7,}",
+    // Secrets written as key=value or key: value.
+    r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?key|token)\s*[:=]\s*[^\s,;]{4,}",
+    // JSON Web Tokens.
+    r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+    // Slack incoming-webhook URLs carry their secret in the path.
+    r"(?i)https?://hooks\.slack\.com/[A-Za-z0-9/_-]+",
+    // Slack tokens (bot, user, app, refresh, config).
     r"\bxox[abprse]-[A-Za-z0-9-]{8,}",
+    r"\bxoxe\.xox[a-z]-[A-Za-z0-9-]{8,}",
+    r"\bxapp-[A-Za-z0-9-]{8,}",
     // GitHub tokens (classic, fine-grained, OAuth, app, refresh).
     r"\bgithub_pat_[A-Za-z0-9_]{20,}",
     r"\bgh[pousr]_[A-Za-z0-9]{20,}",
@@ -24,9 +32,11 @@ const BUILT_IN: &[&str] = &[
     r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
     // Email addresses.
     r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b",
-    // Long hex secrets (API keys, hashes used as secrets).
-    r"\b[0-9a-fA-F]{32,}\b",
 ];
+
+/// Hex runs this long are secrets (API keys, hashes used as secrets), except exactly 40
+/// digits: a git commit SHA (deploy refs, commit links) is no secret.
+const LONG_HEX: &str = r"\b[0-9a-fA-F]{32,}\b";
 
 /// Runs of base64 (or base64url) this long with upper, lower case and digits.
 const BASE64_RUN: &str = r"[A-Za-z0-9+/_-]{40,}={0,2}";
@@ -39,6 +49,7 @@ const IPV6: &str = r"(?i)[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:%[0-9a-z]+)?";
 #[derive(Debug, Clone)]
 pub struct Redactor {
     patterns: Vec<Regex>,
+    hex: Regex,
     base64: Regex,
     ipv4: Regex,
     ipv6: Regex,
@@ -64,6 +75,7 @@ impl Redactor {
         }
         Ok(Redactor {
             patterns,
+            hex: compile(LONG_HEX)?,
             base64: compile(BASE64_RUN)?,
             ipv4: compile(IPV4)?,
             ipv6: compile(IPV6)?,
@@ -88,9 +100,10 @@ impl Redactor {
                 && s.chars().any(|c| c.is_ascii_lowercase())
                 && s.chars().any(|c| c.is_ascii_digit())
         };
-        out = replace_checked(out, &self.base64, |m| keep(m));
-        out = replace_checked(out, &self.ipv4, |m| m.parse::<Ipv4Addr>().is_ok());
-        out = replace_checked(out, &self.ipv6, |m| {
+        out = replace_checked(out, &self.hex, false, |m| m.len() != 40);
+        out = replace_checked(out, &self.base64, true, |m| keep(m));
+        out = replace_checked(out, &self.ipv4, false, |m| m.parse::<Ipv4Addr>().is_ok());
+        out = replace_checked(out, &self.ipv6, true, |m| {
             let addr = m.split('%').next().unwrap_or(m);
             let groups = addr.split(':').filter(|g| !g.is_empty()).count();
             (addr.contains("::") && groups >= 2 || groups == 8) && addr.parse::<Ipv6Addr>().is_ok()
@@ -105,16 +118,21 @@ impl Redactor {
 }
 
 /// Replaces the matches of `re` for which `check` holds and that stand alone (not inside
-/// a longer word or number).
+/// a longer word or number; with `colon_is_word`, not next to a `:` either, as for IPv6,
+/// while an IPv4 may be followed by its `:port`). A secret may sit after a `/` or a `.`
+/// (in a URL, a dotted token), a number not after a digit and a dot (`1.2.3.4.5`).
 fn replace_checked<'a>(
     text: Cow<'a, str>,
     re: &Regex,
+    colon_is_word: bool,
     check: impl Fn(&str) -> bool,
 ) -> Cow<'a, str> {
     let bytes = text.as_bytes();
-    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || (colon_is_word && b == b':');
     let standalone = |start: usize, end: usize| {
-        let before_ok = start == 0 || !(word(bytes[start - 1]) || bytes[start - 1] == b'.');
+        let dotted_number =
+            start >= 2 && bytes[start - 1] == b'.' && bytes[start - 2].is_ascii_digit();
+        let before_ok = start == 0 || !(word(bytes[start - 1]) || dotted_number);
         // A full stop ends a sentence unless a word goes on right after it.
         let after_ok = end == bytes.len()
             || !(word(bytes[end])
@@ -155,9 +173,15 @@ mod tests {
             "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
             "github_pat_11ABCDEFG0123456789_abcdefghijklmnop",
             "key AKIAIOSFODNN7EXAMPLE",
-            "Authorization: Bearer abc.def.ghi-jkl",
+            "Authorization: Bearer abc.def1.ghi-jkl",
             "secret 0123456789abcdef0123456789abcdef",
             "b64 wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY12",
+            "db at 10.0.12.7:5432 refused",
+            "see http://10.0.0.1:8080/status",
+            "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "hook https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXX",
+            "set password=hunter22 on the replica",
+            "app token xapp-1-A0123-4567-abcdef",
         ];
         for c in cases {
             let out = r.redact(c);
@@ -176,6 +200,8 @@ mod tests {
             "std::io::Error and Vec::new",
             "@sarah acknowledged",
             "12,400 users affected",
+            "Deployed api 0123456789abcdef0123456789abcdef01234567 to production",
+            "bearer authentication failed for the API",
         ] {
             assert_eq!(r.redact(c), c);
         }

@@ -279,6 +279,9 @@ impl Renderer {
     pub fn render_blocking(&self, id: &IncidentId) -> Result<Arc<Rendered>, RenderFailure> {
         let started = Instant::now();
         let (incident, mut events) = self.load(id)?;
+        // The version before reading what it is rendered from: a Slack name that arrives
+        // during the render makes the next load render again.
+        let version = self.version_of(&incident);
         let result = self.preview_of(&incident, &events);
         let label = if result.is_ok() { "ok" } else { "failed" };
         metrics::counter!("incidentpost_pack_renders_total", "result" => label).increment(1);
@@ -294,7 +297,7 @@ impl Renderer {
             .iter()
             .enumerate()
             .filter(|(_, e)| cited.contains(&e.id))
-            .map(|(i, e)| (e.id, (i + 1, e.title.clone())))
+            .map(|(i, e)| (e.id, (i + 1, super::facts::shown_title(e, &pack.roster))))
             .collect();
         let history = events
             .into_iter()
@@ -306,7 +309,7 @@ impl Renderer {
             history,
             html: std::sync::OnceLock::new(),
         });
-        self.remember(id, self.version_of(&incident), rendered.clone());
+        self.remember(id, version, rendered.clone());
         Ok(rendered)
     }
 

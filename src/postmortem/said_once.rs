@@ -19,10 +19,13 @@ fn stem(word: &str) -> String {
         }
     }
     let w = w.strip_suffix('e').filter(|b| b.len() >= 3).unwrap_or(w);
-    let b = w.as_bytes();
-    // A doubled final consonant (stopp, roll) counts once.
-    if b.len() >= 2 && b[b.len() - 1] == b[b.len() - 2] && !b"aeiou".contains(&b[b.len() - 1]) {
-        return w[..w.len() - 1].to_owned();
+    // A doubled final consonant (stopp, roll) counts once. By characters: a text may be
+    // in any script.
+    let mut tail = w.chars().rev();
+    if let (Some(a), Some(b)) = (tail.next(), tail.next()) {
+        if a == b && a.is_ascii_alphabetic() && !"aeiou".contains(a) {
+            return w[..w.len() - a.len_utf8()].to_owned();
+        }
     }
     w.to_owned()
 }
@@ -70,12 +73,32 @@ fn rollback_version(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// What a rollback is of: the first word that is not the verb, a filler or the version
+/// (`Rolled back user-sync service to v2.3.1` → `user-sync`).
+fn rollback_subject(text: &str) -> Option<String> {
+    const SKIP: &[&str] = &[
+        "roll", "rolled", "rolling", "rollback", "back", "we", "i", "the", "a", "an", "to",
+        "service", "our", "from", "of", "version", "previous", "stable", "last", "good",
+    ];
+    words(text).into_iter().find(|w| {
+        !SKIP.contains(&w.as_str())
+            && !w.starts_with("revert")
+            && !w.starts_with("downgrad")
+            && !w
+                .trim_start_matches('v')
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
 /// True when `a` and `b` name the same thing.
 pub fn same(a: &str, b: &str) -> bool {
     if key(a) == key(b) {
         return true;
     }
     matches!((rollback_version(a), rollback_version(b)), (Some(x), Some(y)) if x == y)
+        && rollback_subject(a) == rollback_subject(b)
 }
 
 #[cfg(test)]
@@ -110,5 +133,20 @@ mod tests {
         assert!(!same("Increased pool size", "Increased pool timeout"));
         assert!(!same("Restarted api", "Restarted worker"));
         assert!(!same("Deployed v2.3.1", "Rolled back to v2.3.1"));
+        assert!(!same(
+            "Rolled back api to v2.3.1",
+            "Rolled back worker to v2.3.1"
+        ));
+        assert!(!same(
+            "Downgraded Postgres to 14.2",
+            "Downgraded Redis to 14.2"
+        ));
+    }
+
+    #[test]
+    fn any_script_is_compared_without_panicking() {
+        assert!(same("もも 再起動", "もも 再起動"));
+        assert!(!same("CO₂₂ alarm", "CO₂ alarm"));
+        assert!(same("Ünïcödé ßß", "ünïcödé ßß"));
     }
 }

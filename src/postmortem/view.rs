@@ -107,6 +107,8 @@ pub struct View {
     pub users_affected: Option<String>,
     /// The share it states (`23%`).
     pub impact_share: Option<String>,
+    /// The number with what it counts (`12,400 users`, `40 tenants`), for sentences.
+    pub affected: Option<String>,
     /// The `impact:` annotation as written.
     pub impact: Option<Cited>,
     /// One name per person.
@@ -123,6 +125,9 @@ pub struct View {
     pub root_cause: Option<Cited>,
     /// The top-ranked suspect change, with its reasons, when no root cause is written.
     pub suspected_cause: Option<Cited>,
+    /// That change alone, without the reasons (which name people and files): what the
+    /// public files say.
+    pub suspected_change: Option<String>,
     pub suspects: Vec<SuspectView>,
     pub mitigations: Vec<Cited>,
     pub first_mitigation: Option<Cited>,
@@ -147,7 +152,9 @@ fn plural(n: i64, word: &str) -> String {
 
 /// `29 minutes`, `2 hours 5 minutes`.
 pub fn duration_text(minutes: i64) -> String {
-    if minutes >= 120 {
+    if minutes >= 120 && minutes % 60 == 0 {
+        plural(minutes / 60, "hour")
+    } else if minutes >= 120 {
         format!(
             "{} {}",
             plural(minutes / 60, "hour"),
@@ -223,6 +230,11 @@ impl Citations {
     }
 }
 
+/// A text the templates end with their own full stop: without one of its own.
+fn clause(s: &str) -> String {
+    s.trim().trim_end_matches(['.', ' ']).to_owned()
+}
+
 /// The view of `facts` (whose events are `events`).
 pub fn build(facts: &Facts, events: &[Event]) -> View {
     let mut c = Citations::new(facts, events);
@@ -239,18 +251,22 @@ pub fn build(facts: &Facts, events: &[Event]) -> View {
         .or(facts.timeline.first().map(|t| t.at));
     let start_cite = c.cite(&facts.triggered.evidence);
     let duration_cite = c.cite(&facts.duration_minutes.evidence);
-    let impact = c.cited(&facts.impact, String::clone);
+    let impact = c.cited(&facts.impact, |t| clause(t));
     let summary = c.cited(&facts.summary, String::clone);
     let root_cause = if facts.root_cause_suspected {
         None
     } else {
-        c.cited(&facts.root_cause, String::clone)
+        c.cited(&facts.root_cause, |t| clause(t))
     };
     let suspected_cause = if facts.root_cause_suspected {
-        c.cited(&facts.root_cause, String::clone)
+        c.cited(&facts.root_cause, |t| clause(t))
     } else {
         None
     };
+    let suspected_change = facts
+        .root_cause_suspected
+        .then(|| facts.suspects.first().map(|s| clause(&s.title)))
+        .flatten();
     let suspects: Vec<SuspectView> = facts
         .suspects
         .iter()
@@ -290,7 +306,7 @@ pub fn build(facts: &Facts, events: &[Event]) -> View {
         .mitigations
         .iter()
         .map(|m| Cited {
-            text: m.text.clone(),
+            text: clause(&m.text),
             cite: c.cite(&m.evidence),
         })
         .collect();
@@ -299,7 +315,7 @@ pub fn build(facts: &Facts, events: &[Event]) -> View {
         .iter()
         .map(|a| ActionView {
             priority: a.priority.clone().unwrap_or_else(|| "MEDIUM".into()),
-            text: a.text.clone(),
+            text: clause(&a.text),
             cite: c.cite(&a.evidence),
         })
         .collect();
@@ -372,6 +388,10 @@ pub fn build(facts: &Facts, events: &[Event]) -> View {
         severity: facts.severity.value.clone(),
         users_affected: facts.users_affected.value.clone(),
         impact_share: facts.impact_share.value.clone(),
+        affected: facts.impact.value.as_deref().and_then(|t| {
+            let (n, noun, _) = super::facts::impact_parts(t);
+            Some(format!("{} {}", n?, noun.unwrap_or_else(|| "users".into())))
+        }),
         impact,
         responders: facts.responders.iter().map(|r| r.text.clone()).collect(),
         summary,
@@ -381,6 +401,7 @@ pub fn build(facts: &Facts, events: &[Event]) -> View {
         peaks,
         root_cause,
         suspected_cause,
+        suspected_change,
         suspects,
         first_mitigation: mitigations.first().cloned(),
         mitigations,

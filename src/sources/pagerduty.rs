@@ -253,6 +253,14 @@ fn handle(r: &Reference) -> Option<String> {
         .map(|s| format!("@{s}"))
 }
 
+/// Only a person is an actor: an incident resolved by its integration or service was
+/// resolved, not resolved by someone.
+fn is_person(r: &Reference) -> bool {
+    !r.kind
+        .as_deref()
+        .is_some_and(|k| k.starts_with("service") || k.starts_with("integration"))
+}
+
 /// Severity from priority (`P1`…) when set, else from urgency.
 fn severity(priority: Option<&str>, urgency: Option<&str>) -> Option<Severity> {
     let from_priority = priority.and_then(|p| match p.trim().to_ascii_uppercase().as_str() {
@@ -440,11 +448,7 @@ fn normalize_v3(
     let actor = event
         .agent
         .as_ref()
-        .filter(|a| {
-            !a.kind
-                .as_deref()
-                .is_some_and(|k| k.starts_with("service") || k.starts_with("integration"))
-        })
+        .filter(|a| is_person(a))
         .and_then(handle);
 
     if event
@@ -605,11 +609,17 @@ fn normalize_v2(
                     m.id
                 ))
             })?;
-        let actor = m
+        let agent = m
             .log_entries
             .iter()
-            .find_map(|l| l.agent.as_ref().and_then(handle))
-            .or_else(|| m.incident.last_status_change_by.as_ref().and_then(handle));
+            .find_map(|l| l.agent.as_ref().filter(|a| is_person(a)))
+            .or(m
+                .incident
+                .last_status_change_by
+                .as_ref()
+                .filter(|a| is_person(a)));
+        let actor = agent.and_then(handle);
+        let actor_id = agent.and_then(|a| a.id.clone());
         let mut draft = incident_draft(kind, &m.incident, actor);
         if kind == EventKind::IncidentNote {
             let text = m
@@ -630,6 +640,9 @@ fn normalize_v2(
         let mut ev = draft.into_event(occurred_at, received_at, &m.id);
         ev.attrs
             .insert("pagerduty_event_type".into(), Value::from(m.event.clone()));
+        if let (Some(id), true) = (actor_id, ev.actor.is_some()) {
+            ev.attrs.insert(ATTR_ACTOR_ID.into(), Value::from(id));
+        }
         out.delivery_keys.push(format!("pagerduty:v2:{}", m.id));
         out.events.push(ev);
     }

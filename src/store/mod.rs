@@ -5,8 +5,10 @@
 //! The ingest committer is the only caller, which makes it the single writer and lets a
 //! batch of webhooks share one flush (group commit).
 
+mod pg_store;
 mod sled_store;
 
+pub use pg_store::PgStore;
 pub use sled_store::SledStore;
 
 use chrono::{DateTime, Utc};
@@ -174,7 +176,7 @@ pub trait Store: Send + Sync + 'static {
     /// called again if the engine retries the unit, so it must start from scratch.
     fn write(
         &self,
-        work: &mut dyn FnMut(&mut dyn WriteTx) -> Result<(), StoreError>,
+        work: &mut (dyn FnMut(&mut dyn WriteTx) -> Result<(), StoreError> + Send),
     ) -> Result<(), StoreError>;
     /// One incident.
     fn incident(&self, id: &IncidentId) -> Result<Option<Incident>, StoreError>;

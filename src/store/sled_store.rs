@@ -548,7 +548,7 @@ impl WriteTx for SledTx<'_> {
 impl Store for SledStore {
     fn write(
         &self,
-        work: &mut dyn FnMut(&mut dyn WriteTx) -> Result<(), StoreError>,
+        work: &mut (dyn FnMut(&mut dyn WriteTx) -> Result<(), StoreError> + Send),
     ) -> Result<(), StoreError> {
         // sled wants an `Fn` closure; the caller's work is `FnMut`, called once per attempt.
         let work = RefCell::new(work);

@@ -81,7 +81,6 @@ async fn an_event_acknowledged_with_2xx_survives_sigkill() {
     drop(server);
 
     let store = open_store(&test_settings(dir.path(), "")).unwrap();
-    use incidentpost::store::Store;
     for id in &acked {
         let incident = store
             .incident(&incidentpost::domain::IncidentId::parse(id).unwrap())
@@ -133,7 +132,6 @@ async fn sigterm_drains_flushes_and_exits_zero() {
         .unwrap();
     assert!(out.contains("shutdown complete"), "log: {out}");
     let store = open_store(&test_settings(dir.path(), "")).unwrap();
-    use incidentpost::store::Store;
     assert_eq!(store.incident_count().unwrap() as usize, 1);
 }
 

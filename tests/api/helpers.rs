@@ -50,8 +50,71 @@ pub struct TestApp {
     pub store: Arc<dyn Store>,
 }
 
+/// True when the suite runs on PostgreSQL (`INCIDENTPOST_TEST_BACKEND=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("INCIDENTPOST_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The database of one test data dir on the test server (`INCIDENTPOST_TEST_DATABASE_URL`,
+/// an administrative connection): created on first use, the same for a restart on the
+/// same dir. `scripts/test` drops them all at the end.
+fn pg_database_for(dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let admin = std::env::var("INCIDENTPOST_TEST_DATABASE_URL")
+        .expect("INCIDENTPOST_TEST_DATABASE_URL is set when INCIDENTPOST_TEST_BACKEND=postgres");
+    let name = format!(
+        "ipt_{}",
+        &hex::encode(Sha256::digest(dir.display().to_string().as_bytes()))[..16]
+    );
+    let create = name.clone();
+    let admin_url = admin.clone();
+    // The synchronous client runs its own runtime: not on the test's.
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&admin_url, postgres::NoTls)
+            .expect("connecting to INCIDENTPOST_TEST_DATABASE_URL");
+        let exists = c
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&create])
+            .unwrap()
+            .is_some();
+        if !exists {
+            c.batch_execute(&format!("CREATE DATABASE {create}"))
+                .unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let mut config: postgres::Config = admin.parse().unwrap();
+    config.dbname(&name);
+    // Back to a URL: the service reads one.
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "127.0.0.1".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    let password = config
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    if host.starts_with('/') {
+        format!("postgresql://{user}{password}@/{name}?host={host}&port={port}")
+    } else {
+        format!("postgresql://{user}{password}@{host}:{port}/{name}")
+    }
+}
+
 /// The settings every test starts from: port 0, a temp dir, a PagerDuty secret.
 pub fn test_settings(dir: &Path, extra: &str) -> Settings {
+    let backend = if on_postgres() {
+        format!(
+            "[storage]\nbackend = 'postgres'\n[storage.postgres]\nurl = '{}'\nmax_connections = 4\n",
+            pg_database_for(dir)
+        )
+    } else {
+        String::new()
+    };
     let base = format!(
         "[server]\nport = 0\nworkers = 2\nshutdown_timeout_secs = 5\n\
          [storage]\npath = '{}'\n\
@@ -61,7 +124,7 @@ pub fn test_settings(dir: &Path, extra: &str) -> Settings {
          [sources.datadog]\ntoken = '{DD_TOKEN}'\n",
         dir.display()
     );
-    Settings::from_toml_layers(&[&base, extra]).expect("test settings are valid")
+    Settings::from_toml_layers(&[&base, &backend, extra]).expect("test settings are valid")
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -303,7 +366,7 @@ impl FaultyStore {
 impl Store for FaultyStore {
     fn write(
         &self,
-        work: &mut dyn FnMut(&mut dyn WriteTx) -> Result<(), StoreError>,
+        work: &mut (dyn FnMut(&mut dyn WriteTx) -> Result<(), StoreError> + Send),
     ) -> Result<(), StoreError> {
         if self.fail_writes.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected disk failure".into()));

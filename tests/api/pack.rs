@@ -295,7 +295,10 @@ async fn the_replayed_incident_gets_its_pack_on_resolve_with_cited_claims() {
         hn.contains("What fixed it: Rolled back user-sync to v2.3.1."),
         "{hn}"
     );
-    assert!(hn.contains("12,400 users were affected"), "{hn}");
+    assert!(
+        hn.contains("Impact: 12,400 users affected, 23% of requests failed at peak."),
+        "{hn}"
+    );
 
     // The other files.
     let lanes = svg_lanes(&files["timeline.svg"]);
@@ -463,17 +466,17 @@ fn a_template_override_is_used_and_a_missing_variable_fails_at_load() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/hn-post.txt.hbs"),
     )
     .unwrap();
-    assert!(embedded.contains("What fixed it:"));
+    assert!(embedded.contains("Full postmortem with"));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("hn-post.txt.hbs"),
-        embedded.replace("What fixed it:", "What repaired it:"),
+        embedded.replace("Full postmortem with", "Whole postmortem with"),
     )
     .unwrap();
     let custom = hn_of(&Templates::load(Some(dir.path())).unwrap());
     assert_ne!(custom, default);
     assert_eq!(
-        custom.replace("What repaired it:", "What fixed it:"),
+        custom.replace("Whole postmortem with", "Full postmortem with"),
         default
     );
     // A partial is replaced the same way: the summary's words, in postmortem.md.
