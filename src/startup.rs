@@ -335,7 +335,13 @@ where
     Fut: std::future::Future<Output = anyhow::Result<usize>> + Send,
 {
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        // The first round a minute after start, not at once: a process that has just
+        // started is busy with the webhooks that queued while it was down (and an event
+        // dated long ago that arrives now is not pruned under its sender's feet).
+        let mut every = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(60),
+            Duration::from_secs(3600),
+        );
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,

@@ -203,6 +203,18 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// A client closes its connection on its own runtime when dropped, which must not
+    /// happen on an async worker (where the last handle of the store may go).
+    fn drop(&mut self) {
+        let clients =
+            std::mem::take(&mut self.state.get_mut().unwrap_or_else(|p| p.into_inner()).0);
+        if !clients.is_empty() {
+            let _ = std::thread::spawn(move || drop(clients)).join();
+        }
+    }
+}
+
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: Pool,

@@ -615,6 +615,22 @@ impl Drop for Server {
     }
 }
 
+/// The environment that points the binary at this test's store: nothing for sled (the
+/// data dir is passed), the test database of `dir` on PostgreSQL.
+pub fn backend_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    if on_postgres() {
+        vec![
+            ("INCIDENTPOST__STORAGE__BACKEND".into(), "postgres".into()),
+            (
+                "INCIDENTPOST__STORAGE__POSTGRES__URL".into(),
+                pg_database_for(dir),
+            ),
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Starts `incidentpost serve` on `dir` with the PagerDuty secret set.
 pub fn start_binary(dir: &std::path::Path) -> Server {
     start_binary_with(dir, &[])
@@ -630,6 +646,7 @@ pub fn start_binary_with(dir: &std::path::Path, env: &[(&str, &str)]) -> Server 
         .env("INCIDENTPOST__SOURCES__PAGERDUTY__SECRET", PD_SECRET)
         .env("INCIDENTPOST__LOG__FORMAT", "json")
         .env_remove("RUST_LOG")
+        .envs(backend_env(dir))
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -18,6 +18,7 @@ mod pagerduty;
 mod people;
 mod read_api;
 mod replay;
+mod replicas;
 mod slack;
 mod transfer;
 mod web;
