@@ -133,6 +133,8 @@ impl Ingest {
         max_batch: usize,
         queue_depth: usize,
     ) -> Result<(Ingest, Committer), StoreError> {
+        // Subscribe before loading: a change made in between is then seen twice, not lost.
+        let watch = store.watch().map(|w| Arc::new(std::sync::Mutex::new(w)));
         let index = IncidentIndex::load(&correlator, store.as_ref(), Utc::now())?;
         let open = Arc::new(AtomicUsize::new(index.open_count()));
         let filing = correlator.map_fingerprint();
@@ -146,6 +148,7 @@ impl Ingest {
                 index: Arc::new(std::sync::Mutex::new(index)),
                 open: open.clone(),
                 filing: filing.clone(),
+                watch,
             },
             rx,
             max_batch.max(1),
@@ -205,6 +208,47 @@ struct Committing {
     open: Arc<AtomicUsize>,
     /// With a service map: its fingerprint, which unattached events are filed under.
     filing: Option<String>,
+    /// Other processes' writes (a store several replicas share).
+    watch: Option<Arc<std::sync::Mutex<crate::store::Watcher>>>,
+}
+
+/// Brings the index up to date with what other replicas wrote since the last batch:
+/// each incident they announced is read again (a lost listening connection reloads all).
+fn follow_others(
+    c: &Committing,
+    index: &mut IncidentIndex,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let Some(watch) = &c.watch else {
+        return Ok(());
+    };
+    let watch = watch.lock().unwrap_or_else(|p| p.into_inner());
+    let mut ids = std::collections::BTreeSet::new();
+    let mut resync = false;
+    while let Ok(change) = watch.changes.try_recv() {
+        match change {
+            crate::store::StoreChange::Incident(id) => {
+                ids.insert(id);
+            }
+            crate::store::StoreChange::Resync => resync = true,
+        }
+    }
+    drop(watch);
+    if resync {
+        *index = IncidentIndex::load(&c.correlator, c.store.as_ref(), now)?;
+        tracing::info!(
+            open = index.open_count(),
+            "correlation index reloaded after a lost listening connection"
+        );
+        return Ok(());
+    }
+    for id in ids {
+        if let Some(incident) = c.store.incident(&id)? {
+            index.upsert(&incident);
+        }
+    }
+    index.commit(now);
+    Ok(())
 }
 
 async fn run_committer(
@@ -263,6 +307,7 @@ async fn commit_batch(
     let result = tokio::task::spawn_blocking(move || {
         let now = Utc::now();
         let mut index = work.index.lock().unwrap_or_else(|p| p.into_inner());
+        follow_others(&work, &mut index, now)?;
         let applied = apply_submissions(
             work.store.as_ref(),
             &work.correlator,

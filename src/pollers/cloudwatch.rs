@@ -311,7 +311,38 @@ impl CloudWatchPoller {
     pub async fn run(self, stop: CancellationToken) {
         let interval = Duration::from_secs(self.settings.interval_secs);
         let mut failures = 0u32;
+        let mut leading = false;
         loop {
+            // Replicas on one database poll one at a time: the leader polls, the others
+            // stand by and take over within one interval when it is gone.
+            let store = self.store.clone();
+            let lead = tokio::task::spawn_blocking(move || store.lead("cloudwatch-poller"))
+                .await
+                .unwrap_or_else(|e| Err(crate::store::StoreError::Engine(e.to_string())));
+            match lead {
+                Ok(true) => {
+                    if !leading {
+                        tracing::info!("this replica runs the CloudWatch poller");
+                    }
+                    leading = true;
+                }
+                Ok(false) => {
+                    if leading {
+                        tracing::warn!("another replica took over the CloudWatch poller");
+                    }
+                    leading = false;
+                    // Standing by is healthy.
+                    self.health.record_success();
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not tell which replica polls CloudWatch; polling");
+                }
+            }
             let delay = match self.poll_once().await {
                 Ok(report) => {
                     failures = 0;

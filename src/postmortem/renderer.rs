@@ -151,6 +151,30 @@ impl Renderer {
         }
     }
 
+    /// Claims the background render of the incident's current version: with replicas on
+    /// one database, the first to claim it renders and stores the pack; the others serve
+    /// the stored one. A failed claim check renders anyway (the bytes are the same).
+    async fn claim(&self, id: &IncidentId) -> bool {
+        let store = self.store.clone();
+        let key = id.clone();
+        tokio::task::spawn_blocking(move || match store.incident(&key)? {
+            Some(i) => store.claim(&format!(
+                "render:{}:{}:{}",
+                i.id,
+                i.event_count,
+                i.updated_at.timestamp_micros()
+            )),
+            None => Ok(false),
+        })
+        .await
+        .map_err(|e| StoreError::Engine(e.to_string()))
+        .and_then(|r| r)
+        .unwrap_or_else(|e| {
+            tracing::warn!(incident = %id, error = %e, "claiming the render failed; rendering");
+            true
+        })
+    }
+
     /// Looks the incident's Slack people up in the background (page loads never wait
     /// for Slack); a later load shows the names.
     fn enrich_people_later(&self, id: &IncidentId) {
@@ -381,6 +405,10 @@ pub fn spawn(
                 take(Ok(c));
             }
             for id in due {
+                if !renderer.claim(&id).await {
+                    tracing::debug!(incident = %id, "another replica renders this version");
+                    continue;
+                }
                 renderer.enrich(&id).await;
                 if let Err(e) = renderer.render_queued(&id).await {
                     tracing::error!(incident = %id, error = %e, "rendering a pack failed");

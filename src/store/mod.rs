@@ -60,6 +60,23 @@ pub struct Chunk {
     pub next: Option<Vec<u8>>,
 }
 
+/// A change another process made to the store (PostgreSQL replicas), so this process's
+/// in-memory correlation index can follow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreChange {
+    /// An incident was written: read it again.
+    Incident(IncidentId),
+    /// Changes may have been missed (the listening connection was lost): reload all.
+    Resync,
+}
+
+/// A subscription to [`StoreChange`]s; the listener stops when this is dropped.
+pub struct Watcher {
+    pub changes: std::sync::mpsc::Receiver<StoreChange>,
+    /// Keeps the listener running: it checks for this every second.
+    pub alive: std::sync::Arc<()>,
+}
+
 /// Storage failures. Callers answer 503 so providers retry.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -263,6 +280,26 @@ pub trait Store: Send + Sync + 'static {
     fn check(&self) -> Result<(), StoreError>;
     /// Flushes everything written so far.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Takes, or keeps, the leadership of `role` among the processes that share this
+    /// store (one CloudWatch poller among replicas). True while this process holds it; a
+    /// process that dies lets it go, and another takes it at its next call. sled: always
+    /// true (one process).
+    fn lead(&self, role: &str) -> Result<bool, StoreError> {
+        let _ = role;
+        Ok(true)
+    }
+    /// Claims a piece of work named `key` for this process: true for the first process
+    /// that asks, false for every other (one replica renders each version of a pack).
+    /// sled: always true.
+    fn claim(&self, key: &str) -> Result<bool, StoreError> {
+        let _ = key;
+        Ok(true)
+    }
+    /// Changes other processes make, for stores several processes share. `None` (sled):
+    /// this process is the only writer.
+    fn watch(&self) -> Option<Watcher> {
+        None
+    }
     /// Every record of the store, in a stable order (export).
     fn export(
         &self,

@@ -24,13 +24,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::Json;
 use postgres::{Client, GenericClient, NoTls};
 use ulid::Ulid;
 
 use super::{
-    Chunk, DeliveryRecord, ExportRecord, Keyed, Page, Store, StoreError, StreamPart, WriteTx,
-    EXPORT_FORMAT, SCHEMA_VERSION,
+    Chunk, DeliveryRecord, ExportRecord, Keyed, Page, Store, StoreChange, StoreError, StreamPart,
+    Watcher, WriteTx, EXPORT_FORMAT, SCHEMA_VERSION,
 };
 use crate::domain::{Event, Incident, IncidentId, KEY_INCIDENT_REF, KEY_PAGERDUTY_INCIDENT};
 
@@ -78,11 +79,16 @@ CREATE TABLE links (key text PRIMARY KEY, incident_id text NOT NULL);
 CREATE TABLE cursors (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE sessions (key text PRIMARY KEY, expires_at timestamptz NOT NULL);
 CREATE TABLE packs (incident_id text PRIMARY KEY, zip bytea NOT NULL);
+CREATE TABLE claims (key text PRIMARY KEY, claimed_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX claims_by_time ON claims (claimed_at);
 INSERT INTO meta (key, value) VALUES ('incident_count', '0');
 "#];
 
 /// The advisory lock key under which replicas migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x1_9C1D_E27F;
+
+/// The channel incident writes are announced on.
+const NOTIFY_CHANNEL: &str = "incidentpost_incidents";
 
 /// How often a unit is retried after a conflict (another replica won a race).
 const UNIT_ATTEMPTS: usize = 8;
@@ -218,6 +224,28 @@ impl Drop for Pool {
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: Pool,
+    /// A connection per role this process leads: it holds the role's advisory lock.
+    leaders: Leaders,
+}
+
+/// Connections holding leadership locks (closed off the async workers when dropped).
+#[derive(Default)]
+struct Leaders(Mutex<std::collections::HashMap<String, Client>>);
+
+impl Drop for Leaders {
+    fn drop(&mut self) {
+        let held = std::mem::take(self.0.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if !held.is_empty() {
+            let _ = std::thread::spawn(move || drop(held)).join();
+        }
+    }
+}
+
+/// The advisory lock key of a role.
+fn role_key(role: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("incidentpost:{role}").as_bytes());
+    i64::from_be_bytes(<[u8; 8]>::try_from(&d[..8]).unwrap_or_default())
 }
 
 /// Runs `f` with a pooled client on a scoped thread (never on an async worker, where the
@@ -243,6 +271,7 @@ impl PgStore {
     /// start together migrate once) and checks the schema version.
     pub fn open(url: &str, max_connections: usize) -> Result<Self, StoreError> {
         let store = PgStore {
+            leaders: Leaders::default(),
             pool: Pool {
                 url: url.to_owned(),
                 max: max_connections.max(1),
@@ -381,6 +410,11 @@ impl WriteTx for PgTx<'_> {
                 &[],
             )?;
         }
+        // Delivered at commit to every process listening (see `PgStore::watch`).
+        self.tx.get_mut().execute(
+            "SELECT pg_notify($1, $2)",
+            &[&NOTIFY_CHANNEL, &incident.id.as_str()],
+        )?;
         Ok(())
     }
 
@@ -810,7 +844,19 @@ impl Store for PgStore {
     fn prune_deliveries(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
         self.run(|c| {
             let n = c.execute("DELETE FROM deliveries WHERE stored_at < $1", &[&cutoff])?;
+            // Work claims age out with the deliveries that caused them.
+            c.execute("DELETE FROM claims WHERE claimed_at < $1", &[&cutoff])?;
             Ok(n as usize)
+        })
+    }
+
+    fn claim(&self, key: &str) -> Result<bool, StoreError> {
+        self.run(|c| {
+            let n = c.execute(
+                "INSERT INTO claims (key) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&key],
+            )?;
+            Ok(n == 1)
         })
     }
 
@@ -881,6 +927,48 @@ impl Store for PgStore {
     fn flush(&self) -> Result<(), StoreError> {
         // Every commit is durable already.
         Ok(())
+    }
+
+    /// A session advisory lock per role, on a connection of its own: held as long as the
+    /// connection lives, so a process that dies (or loses the database) lets it go.
+    fn lead(&self, role: &str) -> Result<bool, StoreError> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut held = self.leaders.0.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = held.get_mut(role) {
+                    if !c.is_closed() && c.simple_query("SELECT 1").is_ok() {
+                        return Ok(true);
+                    }
+                    held.remove(role);
+                }
+                let mut c = self.pool.connect()?;
+                let got: bool = c
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&role_key(role)])?
+                    .get(0);
+                if got {
+                    held.insert(role.to_owned(), c);
+                }
+                Ok(got)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Engine("a storage thread panicked".into())))
+        })
+    }
+
+    /// `LISTEN` on a connection of its own, on a thread of its own: every incident any
+    /// process writes is announced at its commit. When the connection drops, it
+    /// reconnects and asks for a [`StoreChange::Resync`] (notifications sent meanwhile
+    /// are lost).
+    fn watch(&self) -> Option<Watcher> {
+        let (tx, changes) = std::sync::mpsc::channel();
+        let alive = std::sync::Arc::new(());
+        let token = std::sync::Arc::downgrade(&alive);
+        let url = self.pool.url.clone();
+        std::thread::Builder::new()
+            .name("pg-listen".into())
+            .spawn(move || listen(&url, &tx, &token))
+            .ok()?;
+        Some(Watcher { changes, alive })
     }
 
     fn export(
@@ -1017,5 +1105,63 @@ impl Store for PgStore {
             }
         }
         Ok(())
+    }
+}
+
+/// The listener behind [`PgStore::watch`]: runs until `alive` is gone.
+fn listen(url: &str, tx: &std::sync::mpsc::Sender<StoreChange>, alive: &std::sync::Weak<()>) {
+    let mut connected_before = false;
+    while alive.strong_count() > 0 {
+        let client = url
+            .parse::<postgres::Config>()
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                c.connect_timeout(Duration::from_secs(5));
+                c.connect(NoTls).map_err(|e| e.to_string())
+            })
+            .and_then(|mut c| {
+                c.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+                    .map(|_| c)
+                    .map_err(|e| e.to_string())
+            });
+        let mut client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for other replicas' changes failed; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if connected_before && tx.send(StoreChange::Resync).is_err() {
+            return;
+        }
+        connected_before = true;
+        loop {
+            if alive.strong_count() == 0 {
+                return;
+            }
+            let next = client
+                .notifications()
+                .timeout_iter(Duration::from_secs(1))
+                .next();
+            match next {
+                Ok(Some(n)) => {
+                    if let Ok(id) = IncidentId::parse(n.payload()) {
+                        if tx.send(StoreChange::Incident(id)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if client.is_closed() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the listening connection was lost; reconnecting");
+                    break;
+                }
+            }
+        }
     }
 }
