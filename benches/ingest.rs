@@ -39,6 +39,11 @@ impl Drop for Server {
 }
 
 fn start(max_batch: usize) -> Server {
+    start_on(max_batch, None)
+}
+
+/// A server on sled (`database: None`) or on a PostgreSQL database.
+fn start_on(max_batch: usize, database: Option<&str>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -55,6 +60,17 @@ fn start(max_batch: usize) -> Server {
         .env("INCIDENTPOST__SOURCES__SLACK__SIGNING_SECRET", SECRET)
         .env("INCIDENTPOST__SOURCES__DATADOG__TOKEN", SECRET)
         .env("INCIDENTPOST__LOG__LEVEL", "warn")
+        .envs(
+            database
+                .map(|url| {
+                    [
+                        ("INCIDENTPOST__STORAGE__BACKEND", "postgres".to_owned()),
+                        ("INCIDENTPOST__STORAGE__POSTGRES__URL", url.to_owned()),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -186,17 +202,35 @@ async fn run_step(
     requests: u64,
     concurrency: u64,
 ) -> Step {
+    run_spread(
+        client,
+        &[base.to_owned()],
+        kind,
+        start_n,
+        requests,
+        concurrency,
+    )
+    .await
+}
+
+/// Like [`run_step`], each request to the next of `bases` in turn (a round-robin load
+/// balancer in front of replicas).
+async fn run_spread(
+    client: &reqwest::Client,
+    bases: &[String],
+    kind: Kind,
+    start_n: u64,
+    requests: u64,
+    concurrency: u64,
+) -> Step {
+    let bases: Arc<Vec<String>> = Arc::new(bases.to_vec());
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let began = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, base, next, errors) = (
-            client.clone(),
-            base.to_owned(),
-            next.clone(),
-            errors.clone(),
-        );
+        let (client, bases, next, errors) =
+            (client.clone(), bases.clone(), next.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -205,6 +239,7 @@ async fn run_step(
                     break;
                 }
                 let (path, headers, b) = request(kind, start_n + i);
+                let base = &bases[(i as usize) % bases.len()];
                 let t = Instant::now();
                 let url = if path.starts_with("api/") {
                     format!("{base}/{path}")
@@ -263,6 +298,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Ok(admin) = std::env::var("BENCH_DATABASE_URL") {
+        rt.block_on(postgres_vs_sled(&admin, requests));
+        return;
+    }
     rt.block_on(async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
@@ -307,6 +346,87 @@ fn main() {
         drop(server);
         references(&client, requests, smoke).await;
     });
+}
+
+/// An empty database on the server of `admin` (an administrative URL), and its URL.
+fn fresh_database(admin: &str, name: &str) -> String {
+    let admin_url = admin.to_owned();
+    let db = name.to_owned();
+    std::thread::spawn(move || {
+        let mut c =
+            postgres::Client::connect(&admin_url, postgres::NoTls).expect("BENCH_DATABASE_URL");
+        // Two statements: a multi-statement string runs as one transaction block, which
+        // DROP/CREATE DATABASE refuse.
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .expect("drop the old bench database");
+        c.batch_execute(&format!("CREATE DATABASE {db}"))
+            .expect("create the bench database");
+    })
+    .join()
+    .unwrap();
+    match admin.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => admin.to_owned(),
+    }
+}
+
+/// The mean committer batch of servers, from their `/metrics`.
+async fn mean_batch(client: &reqwest::Client, bases: &[String]) -> f64 {
+    let (mut sum, mut count) = (0.0, 0.0);
+    for base in bases {
+        let Ok(r) = client.get(format!("{base}/metrics")).send().await else {
+            continue;
+        };
+        let text = r.text().await.unwrap_or_default();
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            match (
+                parts.next(),
+                parts.next().and_then(|v| v.parse::<f64>().ok()),
+            ) {
+                (Some("incidentpost_commit_batch_size_sum"), Some(v)) => sum += v,
+                (Some("incidentpost_commit_batch_size_count"), Some(v)) => count += v,
+                _ => {}
+            }
+        }
+    }
+    if count > 0.0 {
+        sum / count
+    } else {
+        0.0
+    }
+}
+
+/// `scripts/bench-ingest --backend postgres`: signed PagerDuty at concurrency 64 on sled,
+/// on PostgreSQL with one replica and with three behind a round robin, in the same run.
+async fn postgres_vs_sled(admin: &str, requests: u64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    println!("signed PagerDuty webhooks, concurrency 64, {requests} requests each, loopback, release build");
+    println!("| store | replicas | req/s | p50 ms | p99 ms | errors | mean commit batch |");
+    println!("|---|---|---|---|---|---|---|");
+    for (label, replicas) in [("sled", 0usize), ("PostgreSQL", 1), ("PostgreSQL", 3)] {
+        let url =
+            (replicas > 0).then(|| fresh_database(admin, &format!("bench_ingest_{replicas}")));
+        let servers: Vec<Server> = (0..replicas.max(1))
+            .map(|_| start_on(256, url.as_deref()))
+            .collect();
+        let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
+        for b in &bases {
+            wait_ready(&client, b).await;
+        }
+        // Warm-up: opens the 50 incidents and the connection pools.
+        run_spread(&client, &bases, Kind::PagerDuty, 0, 200, 16).await;
+        let s = run_spread(&client, &bases, Kind::PagerDuty, 200, requests, 64).await;
+        let batch = mean_batch(&client, &bases).await;
+        println!(
+            "| {label} | {} | {} | {batch:.1} |",
+            replicas.max(1),
+            s.cells()
+        );
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -19,14 +19,15 @@
 //! - **Keys and cursors** have the shape of sled's (big-endian time with the sign bit
 //!   flipped, then the id), so paging cursors stay opaque strings.
 
+use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::Json;
-use postgres::{Client, GenericClient, NoTls};
+use postgres::types::{Json, ToSql};
+use postgres::{Client, GenericClient, NoTls, Row, Statement};
 use ulid::Ulid;
 
 use super::{
@@ -148,11 +149,18 @@ impl From<postgres::Error> for StoreError {
     }
 }
 
+/// A pooled connection and the statements prepared on it (a unit's statements are parsed
+/// once per connection, not once per use: half the round trips).
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
 /// A bounded pool of synchronous clients; broken ones are replaced when taken.
 struct Pool {
     url: String,
     max: usize,
-    state: Mutex<(Vec<Client>, usize)>,
+    state: Mutex<(Vec<Conn>, usize)>,
     freed: Condvar,
 }
 
@@ -171,12 +179,12 @@ impl Pool {
             .map_err(|e| StoreError::Unavailable(format!("connecting to PostgreSQL: {e}")))
     }
 
-    /// A client (waiting for one when all are busy); give it back with [`Pool::put`].
-    fn take(&self) -> Result<Client, StoreError> {
+    /// A connection (waiting for one when all are busy); give it back with [`Pool::put`].
+    fn take(&self) -> Result<Conn, StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             while let Some(c) = state.0.pop() {
-                if !c.is_closed() {
+                if !c.client.is_closed() {
                     return Ok(c);
                 }
                 state.1 -= 1;
@@ -184,10 +192,16 @@ impl Pool {
             if state.1 < self.max {
                 state.1 += 1;
                 drop(state);
-                return self.connect().inspect_err(|_| {
-                    let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                    state.1 -= 1;
-                });
+                return self
+                    .connect()
+                    .map(|client| Conn {
+                        client,
+                        statements: HashMap::new(),
+                    })
+                    .inspect_err(|_| {
+                        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                        state.1 -= 1;
+                    });
             }
             state = self
                 .freed
@@ -197,12 +211,12 @@ impl Pool {
         }
     }
 
-    fn put(&self, client: Client) {
+    fn put(&self, conn: Conn) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if client.is_closed() {
+        if conn.client.is_closed() {
             state.1 -= 1;
         } else {
-            state.0.push(client);
+            state.0.push(conn);
         }
         drop(state);
         self.freed.notify_one();
@@ -230,7 +244,7 @@ pub struct PgStore {
 
 /// Connections holding leadership locks (closed off the async workers when dropped).
 #[derive(Default)]
-struct Leaders(Mutex<std::collections::HashMap<String, Client>>);
+struct Leaders(Mutex<HashMap<String, Client>>);
 
 impl Drop for Leaders {
     fn drop(&mut self) {
@@ -254,11 +268,19 @@ fn on_thread<T: Send>(
     pool: &Pool,
     f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
 ) -> Result<T, StoreError> {
+    on_conn(pool, |c| f(&mut c.client))
+}
+
+/// Like [`on_thread`], with the connection's prepared statements.
+fn on_conn<T: Send>(
+    pool: &Pool,
+    f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send,
+) -> Result<T, StoreError> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut client = pool.take()?;
-            let result = f(&mut client);
-            pool.put(client);
+            let mut conn = pool.take()?;
+            let result = f(&mut conn);
+            pool.put(conn);
             result
         })
         .join()
@@ -346,11 +368,35 @@ impl PgStore {
 /// thread).
 struct PgTx<'a> {
     tx: std::cell::RefCell<postgres::Transaction<'a>>,
+    statements: std::cell::RefCell<&'a mut HashMap<&'static str, Statement>>,
 }
 
-impl<'a> PgTx<'a> {
-    fn read(&self) -> std::cell::RefMut<'_, postgres::Transaction<'a>> {
-        self.tx.borrow_mut()
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+impl PgTx<'_> {
+    /// `sql`, prepared once per connection.
+    fn statement(&self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.borrow_mut().prepare(sql)?;
+        self.statements.borrow_mut().insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn q_opt(&self, sql: &'static str, params: Params) -> Result<Option<Row>, StoreError> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query_opt(&s, params)?)
+    }
+
+    fn q_one(&self, sql: &'static str, params: Params) -> Result<Row, StoreError> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query_one(&s, params)?)
+    }
+
+    fn exec(&self, sql: &'static str, params: Params) -> Result<u64, StoreError> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().execute(&s, params)?)
     }
 }
 
@@ -360,16 +406,14 @@ fn stream_key(e: &Event) -> Vec<u8> {
 
 impl WriteTx for PgTx<'_> {
     fn delivery(&self, key: &str) -> Result<Option<DeliveryRecord>, StoreError> {
-        let row = self
-            .read()
-            .query_opt("SELECT record FROM deliveries WHERE key = $1", &[&key])?;
+        let row = self.q_opt("SELECT record FROM deliveries WHERE key = $1", &[&key])?;
         Ok(row.map(|r| r.get::<_, Json<DeliveryRecord>>(0).0))
     }
 
     fn put_delivery(&mut self, key: &str, record: &DeliveryRecord) -> Result<(), StoreError> {
         // A primary key: a replica that stored it first makes this fail (Conflict), and
         // the unit is retried, finding the delivery.
-        self.tx.get_mut().execute(
+        self.exec(
             "INSERT INTO deliveries (key, stored_at, record) VALUES ($1, $2, $3)",
             &[&key, &record.stored_at, &Json(record)],
         )?;
@@ -377,7 +421,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn incident(&self, id: &IncidentId) -> Result<Option<Incident>, StoreError> {
-        let row = self.read().query_opt(
+        let row = self.q_opt(
             "SELECT record FROM incidents WHERE id = $1 FOR UPDATE",
             &[&id.as_str()],
         )?;
@@ -386,9 +430,7 @@ impl WriteTx for PgTx<'_> {
 
     fn put_incident(&mut self, incident: &Incident) -> Result<(), StoreError> {
         let inserted: bool = self
-            .tx
-            .get_mut()
-            .query_one(
+            .q_one(
                 "INSERT INTO incidents (id, open, triggered_at, resolved_at, record)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (id) DO UPDATE SET open = EXCLUDED.open,
@@ -405,13 +447,13 @@ impl WriteTx for PgTx<'_> {
             )?
             .get(0);
         if inserted {
-            self.tx.get_mut().execute(
+            self.exec(
                 "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'incident_count'",
                 &[],
             )?;
         }
         // Delivered at commit to every process listening (see `PgStore::watch`).
-        self.tx.get_mut().execute(
+        self.exec(
             "SELECT pg_notify($1, $2)",
             &[&NOTIFY_CHANNEL, &incident.id.as_str()],
         )?;
@@ -419,9 +461,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn link(&self, key: &str) -> Result<Option<IncidentId>, StoreError> {
-        let row = self
-            .read()
-            .query_opt("SELECT incident_id FROM links WHERE key = $1", &[&key])?;
+        let row = self.q_opt("SELECT incident_id FROM links WHERE key = $1", &[&key])?;
         row.map(|r| {
             let id: String = r.get(0);
             IncidentId::parse(&id).map_err(|e| StoreError::Corrupt {
@@ -433,7 +473,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn put_link(&mut self, key: &str, incident: &IncidentId) -> Result<(), StoreError> {
-        self.tx.get_mut().execute(
+        self.exec(
             "INSERT INTO links (key, incident_id) VALUES ($1, $2)
              ON CONFLICT (key) DO UPDATE SET incident_id = EXCLUDED.incident_id",
             &[&key, &incident.as_str()],
@@ -442,21 +482,20 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn cursor(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let row = self
-            .read()
-            .query_opt("SELECT value FROM cursors WHERE key = $1", &[&key])?;
+        let row = self.q_opt("SELECT value FROM cursors WHERE key = $1", &[&key])?;
         Ok(row.map(|r| r.get(0)))
     }
 
     fn put_cursor(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        upsert_cursor(self.tx.get_mut(), key, value)
+        self.exec(UPSERT_CURSOR, &[&key, &value])?;
+        Ok(())
     }
 
     fn put_incident_event(&mut self, seq: u64, event: &Event) -> Result<(), StoreError> {
         let id = event.incident_id.as_ref().ok_or_else(|| {
             StoreError::Engine("put_incident_event: event has no incident id".into())
         })?;
-        self.tx.get_mut().execute(
+        self.exec(
             "INSERT INTO incident_events (incident_id, seq, occurred_at, event) VALUES ($1, $2, $3, $4)",
             &[&id.as_str(), &(seq as i64), &event.occurred_at, &Json(event)],
         )?;
@@ -464,22 +503,20 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn put_stream_event(&mut self, event: &Event) -> Result<(), StoreError> {
-        insert_stream(self.tx.get_mut(), event, None)
+        insert_stream(&mut |sql, p| self.exec(sql, p), event, None)
     }
 
     fn file_stream_event(&mut self, event: &Event, filed_under: &str) -> Result<(), StoreError> {
-        insert_stream(self.tx.get_mut(), event, Some(filed_under))
+        insert_stream(&mut |sql, p| self.exec(sql, p), event, Some(filed_under))
     }
 
     fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError> {
-        let row = self
-            .read()
-            .query_opt("SELECT event FROM stream WHERE id = $1", &[&id.to_string()])?;
+        let row = self.q_opt("SELECT event FROM stream WHERE id = $1", &[&id.to_string()])?;
         Ok(row.map(|r| r.get::<_, Json<Event>>(0).0))
     }
 
     fn remove_stream_event(&mut self, id: Ulid) -> Result<Option<Event>, StoreError> {
-        let row = self.tx.get_mut().query_opt(
+        let row = self.q_opt(
             "DELETE FROM stream WHERE id = $1 RETURNING event",
             &[&id.to_string()],
         )?;
@@ -487,7 +524,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn put_raw(&mut self, id: Ulid, payload: &[u8]) -> Result<(), StoreError> {
-        self.tx.get_mut().execute(
+        self.exec(
             "INSERT INTO raw (id, payload) VALUES ($1, $2)
              ON CONFLICT (id) DO UPDATE SET payload = EXCLUDED.payload",
             &[&id.to_string(), &payload],
@@ -496,22 +533,24 @@ impl WriteTx for PgTx<'_> {
     }
 }
 
+const UPSERT_CURSOR: &str = "INSERT INTO cursors (key, value) VALUES ($1, $2)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
+
 fn upsert_cursor(c: &mut impl GenericClient, key: &str, value: &str) -> Result<(), StoreError> {
-    c.execute(
-        "INSERT INTO cursors (key, value) VALUES ($1, $2)
-         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-        &[&key, &value],
-    )?;
+    c.execute(UPSERT_CURSOR, &[&key, &value])?;
     Ok(())
 }
 
+/// Runs one statement with its parameters (in a unit: prepared once per connection).
+type Exec<'e> = dyn FnMut(&'static str, Params) -> Result<u64, StoreError> + 'e;
+
 fn insert_stream(
-    c: &mut impl GenericClient,
+    exec: &mut Exec,
     event: &Event,
     filed_under: Option<&str>,
 ) -> Result<(), StoreError> {
     let id = event.id.to_string();
-    c.execute(
+    exec(
         "INSERT INTO stream (id, occurred_at, change, filed_under, event) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET filed_under = EXCLUDED.filed_under, event = EXCLUDED.event",
         &[&id, &event.occurred_at, &event.kind.is_change(), &filed_under, &Json(event)],
@@ -523,7 +562,7 @@ fn insert_stream(
         .collect();
     named.dedup();
     for r in named {
-        c.execute(
+        exec(
             "INSERT INTO stream_refs (incident_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&r, &id],
         )?;
@@ -551,10 +590,11 @@ impl Store for PgStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self.run(|c| {
-                let tx = c.transaction()?;
+            let result = on_conn(&self.pool, |c| {
+                let tx = c.client.transaction()?;
                 let mut unit = PgTx {
                     tx: std::cell::RefCell::new(tx),
+                    statements: std::cell::RefCell::new(&mut c.statements),
                 };
                 work(&mut unit)?;
                 // Committed is durable: PostgreSQL's commit waits for its WAL flush.
