@@ -1,0 +1,212 @@
+//! Ingest: de-duplicate, correlate, apply the incident lifecycle and append — durably.
+//!
+//! Every write goes through one committer task (group commit). Handlers send a
+//! [`Submission`] over a bounded channel and await its [`Receipt`]; the committer takes up
+//! to `max_batch` waiting submissions, applies them in one atomic store unit, flushes once
+//! (on a blocking thread: sled's concurrent `flush_async` deadlocks) and only then answers
+//! every waiter. A failed unit answers every waiter with an error, and the handler answers
+//! 503 so the provider retries; nothing of the failed unit is stored. (A unit that
+//! committed but whose flush kept failing is kept: the retry is then a duplicate.)
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
+
+use crate::correlate::{Correlator, IncidentIndex};
+use crate::domain::{
+    CorrelationRule, Event, EventKind, Incident, IncidentId, IncidentStatus, Source,
+    KEY_INCIDENT_REF, KEY_PAGERDUTY_INCIDENT, LINK_KEYS,
+};
+use crate::store::{DeliveryRecord, Store, StoreError, StreamPart, WriteTx};
+
+/// One webhook delivery (or poll result) ready to store.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// Delivery keys, each `source:kind:id`. If any was stored before, the submission is a
+    /// duplicate and nothing new is stored. Empty: never de-duplicated.
+    pub delivery_keys: Vec<String>,
+    /// The normalized events (possibly none: an unhandled type is kept as raw only).
+    pub events: Vec<Event>,
+    /// The raw payload, kept for audit and re-normalization.
+    pub raw: Vec<u8>,
+    /// Cursors saved atomically with the events (poller positions).
+    pub cursors: Vec<(String, String)>,
+    /// An incident to create first, when absent (imports and the API create incidents
+    /// that PagerDuty did not open). Its events name it with `incident_ref`.
+    pub incident: Option<Incident>,
+}
+
+/// The answer to a submission, given once it is on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Receipt {
+    /// Stored now.
+    Stored {
+        /// Id of the raw payload record.
+        raw_id: Ulid,
+        /// Ids of the stored events.
+        event_ids: Vec<Ulid>,
+        /// Incidents the events were attached to.
+        incident_ids: Vec<IncidentId>,
+    },
+    /// A delivery key was seen before; nothing new stored.
+    Duplicate {
+        /// The events the first delivery produced.
+        event_ids: Vec<Ulid>,
+    },
+}
+
+/// Why a submission was not stored. Every variant means "retry later".
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum IngestError {
+    /// The commit queue is full.
+    #[error("ingest queue is full")]
+    Overloaded,
+    /// The store failed; the cause is logged by the committer.
+    #[error("storage failed")]
+    Storage,
+    /// The service is shutting down.
+    #[error("service is shutting down")]
+    ShuttingDown,
+}
+
+/// A lifecycle transition, published after it is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleChange {
+    pub incident_id: IncidentId,
+    pub change: Change,
+}
+
+/// Kinds of [`LifecycleChange`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Opened,
+    Acknowledged,
+    Resolved,
+    Reopened,
+    /// An event joined a resolved incident (grace window or explicit reference).
+    LateEvent,
+}
+
+struct Pending {
+    submission: Submission,
+    reply: oneshot::Sender<Result<Receipt, IngestError>>,
+}
+
+/// The handle that submits to the committer. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    queue: mpsc::Sender<Pending>,
+    changes: broadcast::Sender<LifecycleChange>,
+    /// Open incidents, as the committer's index counts them.
+    open: Arc<AtomicUsize>,
+}
+
+/// The running committer task.
+pub struct Committer {
+    join: JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+impl Committer {
+    /// Stops taking new submissions, commits what is queued, and waits for the last flush.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        if let Err(e) = self.join.await {
+            tracing::error!(error = %e, "committer task failed");
+        }
+    }
+}
+
+impl Ingest {
+    /// Builds the correlation index from the store and starts the committer on the
+    /// current tokio runtime.
+    pub fn start(
+        store: Arc<dyn Store>,
+        correlator: Arc<Correlator>,
+        max_batch: usize,
+        queue_depth: usize,
+    ) -> Result<(Ingest, Committer), StoreError> {
+        // Subscribe before loading: a change made in between is then seen twice, not lost.
+        let watch = store.watch().map(|w| Arc::new(std::sync::Mutex::new(w)));
+        let index = IncidentIndex::load(&correlator, store.as_ref(), Utc::now())?;
+        let open = Arc::new(AtomicUsize::new(index.open_count()));
+        let filing = correlator.map_fingerprint();
+        let (queue, rx) = mpsc::channel(queue_depth);
+        let (changes, _) = broadcast::channel(1024);
+        let cancel = CancellationToken::new();
+        let join = tokio::spawn(run_committer(
+            Committing {
+                store,
+                correlator,
+                index: Arc::new(std::sync::Mutex::new(index)),
+                open: open.clone(),
+                filing: filing.clone(),
+                watch,
+            },
+            rx,
+            max_batch.max(1),
+            changes.clone(),
+            cancel.clone(),
+        ));
+        Ok((
+            Ingest {
+                queue,
+                changes,
+                open,
+            },
+            Committer { join, cancel },
+        ))
+    }
+
+    /// How many incidents are open (from the committer's index: no store read).
+    pub fn open_incidents(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Stores a submission; returns once it is flushed (or known to be a duplicate).
+    pub async fn submit(&self, mut submission: Submission) -> Result<Receipt, IngestError> {
+        // Every way in (webhooks, pollers, import, edits) passes here: links from outside
+        // are kept only when they are clean absolute http(s) URLs.
+        for event in &mut submission.events {
+            event.url = event.url.as_deref().and_then(crate::domain::clean_url);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Pending { submission, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => IngestError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
+            })?;
+        answer.await.map_err(|_| IngestError::ShuttingDown)?
+    }
+
+    /// Lifecycle transitions, delivered after they are durable.
+    pub fn subscribe(&self) -> broadcast::Receiver<LifecycleChange> {
+        self.changes.subscribe()
+    }
+
+    /// Submissions waiting for the committer.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+mod committer;
+mod lifecycle;
+mod pull_in;
+mod rules;
+mod unit;
+
+use committer::*;
+use lifecycle::*;
+use pull_in::*;
+use rules::*;
+pub use unit::Applied;
+use unit::*;
