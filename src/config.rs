@@ -309,6 +309,12 @@ pub struct CloudWatchSourceSettings {
     pub sns_topic_arns: Vec<String>,
 }
 
+/// `localhost`, `127.0.0.1`, `::1` (bracketed or not).
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Where to read the optional layers from.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigSources {
@@ -433,13 +439,7 @@ impl Settings {
 
     /// True when the server binds only to the local machine.
     pub fn is_loopback(&self) -> bool {
-        self.server.host == "localhost"
-            || self
-                .server
-                .host
-                .parse::<IpAddr>()
-                .map(|ip| ip.is_loopback())
-                .unwrap_or(false)
+        is_loopback_host(&self.server.host)
     }
 
     /// The enabled sources that have no secret configured, by config key.

@@ -204,16 +204,8 @@ fn render_offline(
         std::fs::read_to_string(timeline)
             .with_context(|| format!("reading {}", timeline.display()))?
     };
-    let dir = templates.or_else(|| {
-        Some(settings.render.templates_dir.trim())
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-    });
-    let redactor =
-        incidentpost::postmortem::redact::Redactor::new(&settings.render.redact_patterns)
-            .map_err(|e| anyhow::anyhow!("render.redact_patterns: {e}"))?;
-    let templates =
-        Templates::load(dir.as_deref())?.with_redaction(redactor, settings.render.redact_internal);
+    // `--templates` wins over render.templates_dir; redaction as configured.
+    let templates = Templates::from_settings_in(&settings.render, templates.as_deref())?;
     let known = incidentpost::postmortem::Known {
         people: incidentpost::people::Directory::new(&settings.people)?,
         ..Default::default()

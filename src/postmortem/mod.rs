@@ -78,9 +78,20 @@ impl Templates {
 
     /// The templates and redaction `[render]` configures.
     pub fn from_settings(render: &crate::config::RenderSettings) -> Result<Self, RenderError> {
-        let dir = Some(render.templates_dir.trim())
-            .filter(|d| !d.is_empty())
-            .map(std::path::PathBuf::from);
+        Self::from_settings_in(render, None)
+    }
+
+    /// Like [`Templates::from_settings`], with templates from `dir` instead of
+    /// `render.templates_dir` when given (the offline CLI's `--templates`).
+    pub fn from_settings_in(
+        render: &crate::config::RenderSettings,
+        dir: Option<&Path>,
+    ) -> Result<Self, RenderError> {
+        let dir = dir.map(Path::to_path_buf).or_else(|| {
+            Some(render.templates_dir.trim())
+                .filter(|d| !d.is_empty())
+                .map(std::path::PathBuf::from)
+        });
         let redactor =
             Redactor::new(&render.redact_patterns).map_err(|message| RenderError::Template {
                 name: "render.redact_patterns".into(),
@@ -125,29 +136,33 @@ impl Pack {
     }
 }
 
+/// Every text of `v` redacted, and with `blank_cites` every citation emptied.
+fn redact_value(v: &mut Value, redactor: &Redactor, blank_cites: bool) {
+    match v {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(r) = redactor.redact(s) {
+                *s = r;
+            }
+        }
+        Value::Array(a) => a
+            .iter_mut()
+            .for_each(|v| redact_value(v, redactor, blank_cites)),
+        Value::Object(o) => {
+            for (k, v) in o.iter_mut() {
+                if blank_cites && k.ends_with("cite") {
+                    *v = Value::from("");
+                } else {
+                    redact_value(v, redactor, blank_cites);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The view for the public files: no citations, no timeline or evidence lists (they are
 /// not said in public), every text redacted.
 fn public_view(full: &Value, redactor: &Redactor) -> Value {
-    fn walk(v: &mut Value, redactor: &Redactor) {
-        match v {
-            Value::String(s) => {
-                if let std::borrow::Cow::Owned(r) = redactor.redact(s) {
-                    *s = r;
-                }
-            }
-            Value::Array(a) => a.iter_mut().for_each(|v| walk(v, redactor)),
-            Value::Object(o) => {
-                for (k, v) in o.iter_mut() {
-                    if k.ends_with("cite") {
-                        *v = Value::from("");
-                    } else {
-                        walk(v, redactor);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
     let mut out = Value::Object(serde_json::Map::new());
     if let (Value::Object(src), Value::Object(dst)) = (full, &mut out) {
         for (k, v) in src {
@@ -159,22 +174,8 @@ fn public_view(full: &Value, redactor: &Redactor) -> Value {
             dst.insert(k.clone(), v);
         }
     }
-    walk(&mut out, redactor);
+    redact_value(&mut out, redactor, true);
     out
-}
-
-/// Every text of `v` redacted (citations kept): `postmortem.md` with `redact_internal`.
-fn redacted_all(v: &mut Value, redactor: &Redactor) {
-    match v {
-        Value::String(s) => {
-            if let std::borrow::Cow::Owned(r) = redactor.redact(s) {
-                *s = r;
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(|v| redacted_all(v, redactor)),
-        Value::Object(o) => o.values_mut().for_each(|v| redacted_all(v, redactor)),
-        _ => {}
-    }
 }
 
 /// The thread as posts: one per paragraph of the template's output, each cut to 280
@@ -359,7 +360,7 @@ pub fn render_pack_with(
     public["users_message"] = Value::from(users_message.clone());
     full["users_message"] = Value::from(users_message);
     if templates.redact_internal {
-        redacted_all(&mut full, redactor);
+        redact_value(&mut full, redactor, false);
     }
     // With `redact_internal` the values were redacted above, before Markdown escaping (a
     // pass over the finished file could turn `[redacted](…)` into a link).

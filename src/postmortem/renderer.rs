@@ -129,12 +129,12 @@ impl Renderer {
         }
         let store = self.store.clone();
         let key = id.clone();
-        let events = match tokio::task::spawn_blocking(move || store.incident_events(&key)).await {
-            Ok(Ok(events)) => events,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "reading events for enrichment failed");
-                return;
-            }
+        let read = tokio::task::spawn_blocking(move || store.incident_events(&key))
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string()))
+            .and_then(|r| r);
+        let events = match read {
+            Ok(events) => events,
             Err(e) => {
                 tracing::warn!(error = %e, "reading events for enrichment failed");
                 return;
@@ -144,10 +144,7 @@ impl Renderer {
             enricher.refresh(&events).await;
         }
         if let Some(slack) = &self.slack {
-            if slack.refresh(&events).await > 0 {
-                self.people_version
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            refresh_people(slack, &events, &self.people_version).await;
         }
     }
 
@@ -185,14 +182,10 @@ impl Renderer {
         let version = self.people_version.clone();
         let key = id.clone();
         tokio::spawn(async move {
-            let read = store.clone();
-            let Ok(Ok(events)) =
-                tokio::task::spawn_blocking(move || read.incident_events(&key)).await
-            else {
-                return;
-            };
-            if slack.refresh(&events).await > 0 {
-                version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(Ok(events)) =
+                tokio::task::spawn_blocking(move || store.incident_events(&key)).await
+            {
+                refresh_people(&slack, &events, &version).await;
             }
         });
     }
@@ -373,6 +366,17 @@ impl Renderer {
         }
         let rendered = self.rendered(id).await?;
         Ok((rendered.pack.zip.clone(), incident.status.is_open()))
+    }
+}
+
+/// Names the Slack people of `events`; a new name makes cached renders stale.
+async fn refresh_people(
+    slack: &SlackEnricher,
+    events: &[Event],
+    version: &std::sync::atomic::AtomicU64,
+) {
+    if slack.refresh(events).await > 0 {
+        version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

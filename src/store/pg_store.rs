@@ -224,15 +224,18 @@ impl Pool {
 }
 
 impl Drop for Pool {
-    /// A client closes its connection on its own runtime when dropped, which must not
-    /// happen on an async worker (where the last handle of the store may go).
     fn drop(&mut self) {
-        let clients =
-            std::mem::take(&mut self.state.get_mut().unwrap_or_else(|p| p.into_inner()).0);
-        if !clients.is_empty() {
-            let _ = std::thread::spawn(move || drop(clients)).join();
-        }
+        drop_off_workers(std::mem::take(
+            &mut self.state.get_mut().unwrap_or_else(|p| p.into_inner()).0,
+        ));
     }
+}
+
+/// Drops connections on a thread of their own: a client closes its connection on its own
+/// runtime, which must not happen on an async worker (where the last handle of the store
+/// may go).
+fn drop_off_workers<T: Send + 'static>(clients: T) {
+    let _ = std::thread::spawn(move || drop(clients)).join();
 }
 
 /// The PostgreSQL store.
@@ -248,10 +251,9 @@ struct Leaders(Mutex<HashMap<String, Client>>);
 
 impl Drop for Leaders {
     fn drop(&mut self) {
-        let held = std::mem::take(self.0.get_mut().unwrap_or_else(|p| p.into_inner()));
-        if !held.is_empty() {
-            let _ = std::thread::spawn(move || drop(held)).join();
-        }
+        drop_off_workers(std::mem::take(
+            self.0.get_mut().unwrap_or_else(|p| p.into_inner()),
+        ));
     }
 }
 
@@ -276,15 +278,21 @@ fn on_conn<T: Send>(
     pool: &Pool,
     f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send,
 ) -> Result<T, StoreError> {
+    scoped(|| {
+        let mut conn = pool.take()?;
+        let result = f(&mut conn);
+        pool.put(conn);
+        result
+    })
+}
+
+/// Runs `f` on a scoped thread: never on an async worker, where a client's own runtime
+/// may not start.
+fn scoped<T: Send>(f: impl FnOnce() -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
     std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut conn = pool.take()?;
-            let result = f(&mut conn);
-            pool.put(conn);
-            result
-        })
-        .join()
-        .unwrap_or_else(|_| Err(StoreError::Engine("a storage thread panicked".into())))
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Engine("a storage thread panicked".into())))
     })
 }
 
@@ -972,26 +980,22 @@ impl Store for PgStore {
     /// A session advisory lock per role, on a connection of its own: held as long as the
     /// connection lives, so a process that dies (or loses the database) lets it go.
     fn lead(&self, role: &str) -> Result<bool, StoreError> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let mut held = self.leaders.0.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(c) = held.get_mut(role) {
-                    if !c.is_closed() && c.simple_query("SELECT 1").is_ok() {
-                        return Ok(true);
-                    }
-                    held.remove(role);
+        scoped(|| {
+            let mut held = self.leaders.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = held.get_mut(role) {
+                if !c.is_closed() && c.simple_query("SELECT 1").is_ok() {
+                    return Ok(true);
                 }
-                let mut c = self.pool.connect()?;
-                let got: bool = c
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&role_key(role)])?
-                    .get(0);
-                if got {
-                    held.insert(role.to_owned(), c);
-                }
-                Ok(got)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(StoreError::Engine("a storage thread panicked".into())))
+                held.remove(role);
+            }
+            let mut c = self.pool.connect()?;
+            let got: bool = c
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&role_key(role)])?
+                .get(0);
+            if got {
+                held.insert(role.to_owned(), c);
+            }
+            Ok(got)
         })
     }
 
