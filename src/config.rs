@@ -78,6 +78,7 @@ pub struct Settings {
     pub correlation: CorrelationSettings,
     pub pollers: PollersSettings,
     pub render: RenderSettings,
+    pub reconcile: ReconcileSettings,
     /// The service map.
     pub services: Vec<ServiceEntry>,
     /// One name per person across sources (see `[[people]]` in default.toml).
@@ -96,6 +97,16 @@ pub struct RenderSettings {
     pub redact_patterns: Vec<String>,
     /// Redact `postmortem.md` too (it is internal and keeps them by default).
     pub redact_internal: bool,
+}
+
+/// `[reconcile]`: comparing what we stored with the providers' own records.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    pub interval_secs: u64,
+    pub max_redeliveries: usize,
+    pub max_pages: usize,
+    pub settle_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -268,6 +279,9 @@ pub struct SourcesSettings {
 pub struct PagerDutySettings {
     pub enabled: bool,
     pub secret: Secret,
+    /// A read-only REST API key: open incidents and their notes are reconciled with it.
+    pub api_token: Secret,
+    pub api_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -277,6 +291,41 @@ pub struct GithubSettings {
     pub secret: Secret,
     pub token: Secret,
     pub api_url: String,
+    /// Hooks whose delivery logs are reconciled besides those seen in `X-GitHub-Hook-ID`.
+    pub hooks: Vec<GithubHook>,
+}
+
+/// A GitHub webhook: of a repository (`repo = "owner/name"`) or an organization.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubHook {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    pub id: u64,
+}
+
+impl GithubHook {
+    /// The hook's REST path (`/repos/{owner}/{repo}/hooks/{id}` or `/orgs/{org}/hooks/{id}`).
+    pub fn path(&self) -> Option<String> {
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && s != "."
+                && s != ".."
+        };
+        match (&self.repo, &self.org) {
+            (Some(repo), None) => {
+                let (owner, name) = repo.split_once('/')?;
+                (ok(owner) && ok(name)).then(|| format!("/repos/{owner}/{name}/hooks/{}", self.id))
+            }
+            (None, Some(org)) => ok(org).then(|| format!("/orgs/{org}/hooks/{}", self.id)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -307,6 +356,22 @@ pub struct CloudWatchSourceSettings {
     pub sns_base_url: String,
     pub sns_auto_confirm: bool,
     pub sns_topic_arns: Vec<String>,
+}
+
+/// An outbound API's base URL, which carries a token: https, or plain http on loopback.
+fn check_api_url(key: &'static str, url: &str, example: &str) -> Result<(), ConfigError> {
+    let host = crate::domain::url_origin_parts(url)
+        .and_then(|(_, authority)| crate::domain::host_of_authority(&authority));
+    let loopback = host.as_deref().is_some_and(is_loopback_host);
+    if host.is_none() || !(url.to_ascii_lowercase().starts_with("https://") || loopback) {
+        return Err(ConfigError::Invalid {
+            key,
+            message: format!(
+                "must be an https URL ({example}); plain http only on loopback, as it carries the token"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `localhost`, `127.0.0.1`, `::1` (bracketed or not).
@@ -428,6 +493,7 @@ impl Settings {
         vec![
             ("api.token", &self.api.token),
             ("sources.pagerduty.secret", &s.pagerduty.secret),
+            ("sources.pagerduty.api_token", &s.pagerduty.api_token),
             ("sources.github.secret", &s.github.secret),
             ("sources.github.token", &s.github.token),
             ("sources.slack.signing_secret", &s.slack.signing_secret),
@@ -599,21 +665,54 @@ impl Settings {
             return Err(invalid("render.redact_patterns", e));
         }
         if !self.sources.slack.bot_token.is_empty() {
-            let url = &self.sources.slack.api_url;
-            let host = crate::domain::url_origin_parts(url)
-                .and_then(|(_, authority)| crate::domain::host_of_authority(&authority));
-            let loopback = host.as_deref().is_some_and(|h| {
-                let h = h.trim_start_matches('[').trim_end_matches(']');
-                h == "localhost"
-                    || h.parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            });
-            if host.is_none() || !(url.to_ascii_lowercase().starts_with("https://") || loopback) {
+            check_api_url(
+                "sources.slack.api_url",
+                &self.sources.slack.api_url,
+                "https://slack.com/api",
+            )?;
+        }
+        if !self.sources.github.token.is_empty() {
+            check_api_url(
+                "sources.github.api_url",
+                &self.sources.github.api_url,
+                "https://api.github.com",
+            )?;
+        }
+        if !self.sources.pagerduty.api_token.is_empty() {
+            check_api_url(
+                "sources.pagerduty.api_url",
+                &self.sources.pagerduty.api_url,
+                "https://api.pagerduty.com",
+            )?;
+        }
+        for hook in &self.sources.github.hooks {
+            if hook.path().is_none() {
                 return Err(invalid(
-                    "sources.slack.api_url",
-                    "must be an https URL (https://slack.com/api); plain http only on loopback, as it carries the bot token",
+                    "sources.github.hooks",
+                    format!(
+                        "{hook:?} needs exactly one of repo = \"owner/name\" or org = \"name\", and an id"
+                    ),
                 ));
             }
+        }
+        let r = &self.reconcile;
+        if !(10..=86_400).contains(&r.interval_secs) {
+            return Err(invalid(
+                "reconcile.interval_secs",
+                "must be between 10 and 86400",
+            ));
+        }
+        if !(1..=1000).contains(&r.max_redeliveries) {
+            return Err(invalid(
+                "reconcile.max_redeliveries",
+                "must be between 1 and 1000",
+            ));
+        }
+        if !(1..=100).contains(&r.max_pages) {
+            return Err(invalid("reconcile.max_pages", "must be between 1 and 100"));
+        }
+        if r.settle_secs > 3600 {
+            return Err(invalid("reconcile.settle_secs", "must be at most 3600"));
         }
         if !(1..=3600).contains(&self.sources.slack.max_skew_secs) {
             return Err(invalid(

@@ -486,6 +486,19 @@ impl Event {
 /// Attribute: the actor's stable id at its source when `actor` is only a display name
 /// (a PagerDuty agent's user id, `PSARAH1`). Slack and GitHub actors are their ids.
 pub const ATTR_ACTOR_ID: &str = "actor_id";
+/// Set on an event whose webhook was missed and that was recovered from the provider's
+/// own records: `github_redelivery` (GitHub's delivery log) or `pagerduty_api`.
+pub const ATTR_RECOVERED: &str = "recovered";
+
+/// The delivery key of a PagerDuty status change (acknowledged, resolved) in one
+/// trigger-to-resolve cycle of an incident. A change recovered from the REST API is stored
+/// under it, so the late webhook of the same change is a duplicate.
+pub fn transition_key(incident: &IncidentId, status: IncidentStatus, reopen_count: u32) -> String {
+    format!(
+        "pagerduty:status:{incident}:{}:{reopen_count}",
+        status.as_str()
+    )
+}
 
 /// `label: text`, unless `text` already starts with that label or another severity or
 /// status prefix (`CRITICAL: …`, `[P1] …`, `SEV1 - …`): a prefix is never doubled.

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod people;
 pub mod pollers;
 pub mod postmortem;
+pub mod reconcile;
 pub mod sources;
 pub mod startup;
 pub mod store;

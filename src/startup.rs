@@ -160,6 +160,19 @@ impl Application {
             background.clone(),
         ));
 
+        let reconcile = Arc::new(
+            crate::reconcile::Reconcile::from_settings(&settings, store.clone(), ingest.clone())
+                .context(
+                    "building the reconcilers (sources.github.api_url, sources.pagerduty.api_url)",
+                )?,
+        );
+        renderer.wait_for(reconcile.clone());
+        tasks.extend(crate::reconcile::spawn(
+            reconcile.clone(),
+            ingest.subscribe(),
+            background.clone(),
+        ));
+
         let auth = Arc::new(crate::auth::Auth::new(&settings, store.clone()));
         match auth.end_sessions_of_an_old_token() {
             Ok(0) => {}
@@ -181,6 +194,7 @@ impl Application {
             renderer,
             pages: Arc::new(crate::web::Pages::load().context("loading the page templates")?),
             services: settings.services.iter().map(|s| s.name.clone()).collect(),
+            reconcile,
         });
 
         tasks.push(spawn_delivery_pruner(

@@ -51,6 +51,8 @@ pub struct AppState {
     pub pages: Arc<crate::web::Pages>,
     /// The service map's names (the list page's service filter).
     pub services: Vec<String>,
+    /// The receipt ledger and the reconcilers (`/deliveries/…`).
+    pub reconcile: Arc<crate::reconcile::Reconcile>,
 }
 
 /// The route table: every route of the service is registered here. `max_body_bytes`
@@ -105,6 +107,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         .route("/incidents/{id}/{file}", web::get().to(packs::file))
         .configure(crate::web::configure)
         .route("/events/unattached", web::get().to(incidents::unattached))
+        .route("/deliveries/report", web::get().to(ops::deliveries_report))
+        .route("/deliveries/reconcile", web::post().to(ops::reconcile_now))
         .default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound)
         }));

@@ -136,7 +136,11 @@ fn routes() -> Value {
             "/events/unattached": {"get": {"summary": "Events no incident claimed",
                 "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                     {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
-                "responses": merge(ok_json("events"), error_responses(&["400", "401"]))}}
+                "responses": merge(ok_json("events"), error_responses(&["400", "401"]))}},
+            "/deliveries/report": {"get": {"summary": "Per source: deliveries received, stored, rejected by reason, duplicates, recovered and still missing; each reconciler's state",
+                "responses": merge(ok_json("the receipt ledger"), error_responses(&["401", "503"]))}},
+            "/deliveries/reconcile": {"post": {"summary": "Reconcile with GitHub's delivery log and PagerDuty's API now (one bounded round)",
+                "responses": merge(ok_json("what the round did, per source"), error_responses(&["401", "503"]))}}
         }
     })
 }

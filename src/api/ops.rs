@@ -51,3 +51,22 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
 }
+
+/// `GET /deliveries/report`: per source, deliveries received, stored, rejected (by
+/// reason), duplicates, recovered and still missing, with each reconciler's state.
+pub async fn deliveries_report(
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, super::ApiError> {
+    let reconcile = state.reconcile.clone();
+    let report = super::blocking(move || reconcile.report()).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+/// `POST /deliveries/reconcile`: one reconciliation round now (after an outage), on this
+/// replica if it holds the reconciler lease; answers with what the round did.
+pub async fn reconcile_now(state: web::Data<AppState>) -> Result<HttpResponse, super::ApiError> {
+    match state.reconcile.run_now().await {
+        Some(summary) => Ok(HttpResponse::Ok().json(json!({"round": summary}))),
+        None => Err(super::ApiError::Overloaded),
+    }
+}

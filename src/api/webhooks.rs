@@ -22,10 +22,13 @@ pub async fn receive(
     };
     let label = source.as_str();
     metrics::counter!("incidentpost_webhooks_received_total", "source" => label).increment(1);
+    let ledger = state.reconcile.ledger();
+    ledger.received(source);
     let result = handle(&state, source, &req, body).await;
     match &result {
         Ok(_) => {}
         Err(e) => {
+            ledger.rejected(source, e.reason());
             metrics::counter!("incidentpost_webhooks_rejected_total", "source" => label, "reason" => e.reason())
                 .increment(1);
             tracing::warn!(source = label, code = e.code(), error = %e, "webhook rejected");
@@ -69,6 +72,9 @@ async fn handle(
     if let Some(reply) = normalized.reply {
         return Ok(HttpResponse::Ok().json(reply));
     }
+    if source == Source::Github && state.reconcile.reconciles_github() {
+        mark_github_redelivery(state, &headers, &body, &mut normalized.events).await?;
+    }
     let event_count = normalized.events.len();
     let receipt = state
         .ingest
@@ -89,6 +95,7 @@ async fn handle(
         } => {
             metrics::counter!("incidentpost_events_stored_total", "source" => label)
                 .increment(event_count as u64);
+            state.reconcile.ledger().stored(source);
             tracing::info!(source = label, events = event_count, incidents = ?incident_ids, "webhook stored");
             HttpResponse::Accepted().json(json!({
                 "status": "stored",
@@ -100,8 +107,49 @@ async fn handle(
         Receipt::Duplicate { event_ids } => {
             metrics::counter!("incidentpost_webhook_duplicates_total", "source" => label)
                 .increment(1);
+            state.reconcile.ledger().duplicate(source);
             tracing::info!(source = label, "duplicate delivery; nothing stored");
             HttpResponse::Ok().json(json!({"status": "duplicate", "event_ids": event_ids}))
         }
     })
+}
+
+/// With GitHub reconciliation on: remembers the hook a verified delivery came from (so
+/// its delivery log is read), and marks the events of a redelivery we asked for as
+/// recovered.
+async fn mark_github_redelivery(
+    state: &AppState,
+    headers: &Headers,
+    body: &web::Bytes,
+    events: &mut [crate::domain::Event],
+) -> Result<(), ApiError> {
+    let hook = headers
+        .get("X-GitHub-Hook-ID")
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let guid = headers
+        .get("X-GitHub-Delivery")
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let reconcile = state.reconcile.clone();
+    let (headers, body) = (headers.clone(), body.clone());
+    let asked = super::blocking(move || {
+        reconcile.saw_github_hook(&headers, &body);
+        if hook.is_empty() || guid.is_empty() {
+            return Ok(false);
+        }
+        reconcile.is_redelivery(&hook, &guid)
+    })
+    .await?;
+    if asked {
+        for event in events {
+            event.attrs.insert(
+                crate::domain::ATTR_RECOVERED.into(),
+                serde_json::Value::from(crate::reconcile::github::RECOVERED_FROM_LOG),
+            );
+        }
+    }
+    Ok(())
 }

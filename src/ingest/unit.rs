@@ -46,7 +46,19 @@ pub(super) fn apply_submissions(
             for (key, value) in &sub.cursors {
                 tx.put_cursor(key, value)?;
             }
-            if let Some(first) = find_duplicate(tx, sub, &seen_in_batch)? {
+            let mut first = find_duplicate(tx, sub, &seen_in_batch)?;
+            if first.is_none() {
+                first = recovered_twin(tx, sub, now)?;
+                if let Some(record) = &first {
+                    // The late webhook's own keys point at the recovered event, so its
+                    // retries are duplicates without this check.
+                    for key in &sub.delivery_keys {
+                        tx.put_delivery(key, record)?;
+                    }
+                    seen_in_batch.extend(sub.delivery_keys.iter().map(String::as_str));
+                }
+            }
+            if let Some(first) = first {
                 applied.receipts.push(Receipt::Duplicate {
                     event_ids: first.event_ids,
                 });
@@ -148,6 +160,48 @@ pub(super) fn find_duplicate(
         }
     }
     Ok(None)
+}
+
+/// A PagerDuty status change already recovered from the REST API (the late webhook of
+/// it), or a recovered change the incident already shows (its webhook came first): a
+/// duplicate of what is stored.
+pub(super) fn recovered_twin(
+    tx: &dyn WriteTx,
+    sub: &Submission,
+    now: DateTime<Utc>,
+) -> Result<Option<DeliveryRecord>, StoreError> {
+    let [event] = sub.events.as_slice() else {
+        return Ok(None);
+    };
+    let target = match event.kind {
+        EventKind::IncidentAcknowledged => IncidentStatus::Acknowledged,
+        EventKind::IncidentResolved => IncidentStatus::Resolved,
+        _ => return Ok(None),
+    };
+    let Some(id) = (event.source == Source::Pagerduty)
+        .then(|| event.keys.get(KEY_PAGERDUTY_INCIDENT))
+        .flatten()
+        .and_then(|id| IncidentId::parse(id).ok())
+    else {
+        return Ok(None);
+    };
+    let Some(incident) = tx.incident(&id)? else {
+        return Ok(None);
+    };
+    if incident.status != target {
+        return Ok(None);
+    }
+    let key = crate::domain::transition_key(&id, target, incident.reopen_count);
+    if let Some(record) = tx.delivery(&key)? {
+        return Ok(Some(record));
+    }
+    Ok(event
+        .attrs
+        .contains_key(crate::domain::ATTR_RECOVERED)
+        .then(|| DeliveryRecord {
+            stored_at: now,
+            event_ids: Vec::new(),
+        }))
 }
 
 /// Per-unit state of the correlation pass.

@@ -2,7 +2,7 @@
 //! fact keeps the ids of the events that support it; a fact without evidence is
 //! `unknown`, never guessed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -133,6 +133,9 @@ pub struct Facts {
     pub summary: Fact<String>,
     pub customer_message: Fact<String>,
     pub timeline: Vec<TimelineEntry>,
+    /// Webhooks that were missed and recovered from the providers' own records: one
+    /// sentence per provider, citing the recovered events.
+    pub recoveries: Vec<Item>,
     /// True when the timeline spans more than one UTC day.
     pub multi_day: bool,
 }
@@ -160,7 +163,12 @@ impl Facts {
         ] {
             out.extend(ids);
         }
-        for items in [&self.responders, &self.mitigations, &self.action_items] {
+        for items in [
+            &self.responders,
+            &self.mitigations,
+            &self.action_items,
+            &self.recoveries,
+        ] {
             out.extend(items.iter().flat_map(|i| i.evidence.iter()));
         }
         out.extend(self.peaks.iter().flat_map(|p| p.evidence.iter()));
@@ -822,8 +830,51 @@ pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex, roster: 
         summary,
         customer_message,
         timeline,
+        recoveries: recoveries(events),
         multi_day,
     }
+}
+
+/// One sentence per provider whose missed deliveries reconciliation recovered
+/// (`2 GitHub deliveries were missed and recovered from GitHub's delivery log`).
+fn recoveries(events: &[Event]) -> Vec<Item> {
+    let mut by: BTreeMap<String, (BTreeSet<String>, Vec<Ulid>)> = BTreeMap::new();
+    for e in events {
+        let Some(from) = e
+            .attrs
+            .get(crate::domain::ATTR_RECOVERED)
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let entry = by.entry(from.to_owned()).or_default();
+        entry
+            .0
+            .insert(e.delivery.clone().unwrap_or_else(|| e.id.to_string()));
+        entry.1.push(e.id);
+    }
+    by.into_iter()
+        .map(|(from, (deliveries, evidence))| {
+            let n = deliveries.len();
+            let were = if n == 1 { "was" } else { "were" };
+            let text = match from.as_str() {
+                crate::reconcile::github::RECOVERED_FROM_LOG => format!(
+                    "{n} GitHub {} {were} missed and recovered from GitHub's delivery log",
+                    if n == 1 { "delivery" } else { "deliveries" }
+                ),
+                crate::reconcile::pagerduty::RECOVERED_FROM_API => format!(
+                    "{n} PagerDuty {} (status changes and notes) {were} missed and recovered from PagerDuty's API",
+                    if n == 1 { "update" } else { "updates" }
+                ),
+                other => format!("{n} missed {} {were} recovered ({other})", if n == 1 { "delivery" } else { "deliveries" }),
+            };
+            Item {
+                text,
+                priority: None,
+                evidence,
+            }
+        })
+        .collect()
 }
 
 fn rank(priority: &str) -> u8 {

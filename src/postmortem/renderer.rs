@@ -70,6 +70,9 @@ pub struct Renderer {
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
     cache: Mutex<VecDeque<(IncidentId, Version, Arc<Rendered>)>>,
+    /// Reconciliation: a resolved incident is not rendered as final while a recovery
+    /// that could add to it is pending (within the grace window).
+    gate: std::sync::OnceLock<Arc<crate::reconcile::Reconcile>>,
 }
 
 impl Renderer {
@@ -99,7 +102,25 @@ impl Renderer {
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
             queue_timeout,
             cache: Mutex::new(VecDeque::new()),
+            gate: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Waits for `reconcile`'s pending recoveries before a final render.
+    pub fn wait_for(&self, reconcile: Arc<crate::reconcile::Reconcile>) {
+        let _ = self.gate.set(reconcile);
+    }
+
+    /// Why a resolved incident is not final yet (a recovery is pending), if it is not.
+    pub fn pending(&self, incident: &Incident) -> Option<&'static str> {
+        self.gate
+            .get()
+            .and_then(|g| g.pending(incident, chrono::Utc::now()))
+    }
+
+    /// True when the incident's pack is final: resolved, and no recovery pending.
+    fn is_final(&self, incident: &Incident) -> bool {
+        !incident.status.is_open() && self.pending(incident).is_none()
     }
 
     /// With `[[people]]` and, when a Slack bot token is configured, `users.info`.
@@ -304,10 +325,11 @@ impl Renderer {
         metrics::counter!("incidentpost_pack_renders_total", "result" => label).increment(1);
         metrics::histogram!("incidentpost_pack_render_duration_seconds").record(started.elapsed());
         let pack = result?;
-        if !incident.status.is_open() {
+        let is_final = self.is_final(&incident);
+        if is_final {
             self.store.put_pack(id, &pack.zip)?;
         }
-        tracing::info!(incident = %id, events = events.len(), draft = incident.status.is_open(), ms = started.elapsed().as_millis() as u64, "pack rendered");
+        tracing::info!(incident = %id, events = events.len(), draft = !is_final, ms = started.elapsed().as_millis() as u64, "pack rendered");
         events.sort_by_key(|e| e.occurred_at);
         let cited: std::collections::HashSet<Ulid> = pack.facts.cited().into_iter().collect();
         let evidence = events
@@ -365,7 +387,7 @@ impl Renderer {
             }
         }
         let rendered = self.rendered(id).await?;
-        Ok((rendered.pack.zip.clone(), incident.status.is_open()))
+        Ok((rendered.pack.zip.clone(), !self.is_final(&incident)))
     }
 }
 
@@ -380,19 +402,24 @@ async fn refresh_people(
     }
 }
 
-/// Renders on resolve, on late events and on annotation edits, until `stop`.
+/// Renders on resolve, on late events and on annotation edits, until `stop`. A resolved
+/// incident with a recovery pending waits (checked every few seconds) until the recovery
+/// is done or its grace window ends.
 pub fn spawn(
     renderer: Arc<Renderer>,
     mut changes: broadcast::Receiver<LifecycleChange>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut waiting: BTreeSet<IncidentId> = BTreeSet::new();
         loop {
+            let recheck = tokio::time::sleep(Duration::from_secs(2));
             let first = tokio::select! {
                 _ = stop.cancelled() => break,
-                c = changes.recv() => c,
+                c = changes.recv() => Some(c),
+                _ = recheck, if !waiting.is_empty() => None,
             };
-            let mut due = BTreeSet::new();
+            let mut due = std::mem::take(&mut waiting);
             let mut take = |c: Result<LifecycleChange, broadcast::error::RecvError>| match c {
                 Ok(c) if matches!(c.change, Change::Resolved | Change::LateEvent) => {
                     due.insert(c.incident_id);
@@ -403,12 +430,21 @@ pub fn spawn(
                 }
                 Err(broadcast::error::RecvError::Closed) => {}
             };
-            take(first);
+            if let Some(first) = first {
+                take(first);
+            }
             // Coalesce a burst (an import, a batch) into one render per incident.
             while let Ok(c) = changes.try_recv() {
                 take(Ok(c));
             }
             for id in due {
+                if let Ok(incident) = renderer.incident(&id).await {
+                    if let Some(why) = renderer.pending(&incident) {
+                        tracing::debug!(incident = %id, why, "final render waits for reconciliation");
+                        waiting.insert(id);
+                        continue;
+                    }
+                }
                 if !renderer.claim(&id).await {
                     tracing::debug!(incident = %id, "another replica renders this version");
                     continue;

@@ -62,6 +62,8 @@ pub struct Row {
     /// Its footnote label (`t3`).
     #[serde(rename = "ref")]
     pub label: String,
+    /// Its webhook was missed and it was recovered from the provider's records.
+    pub recovered: bool,
 }
 
 /// One footnote of the Evidence section.
@@ -137,6 +139,8 @@ pub struct View {
     pub moments: Vec<Moment>,
     pub resolved: Option<Moment>,
     pub timeline: Vec<Row>,
+    /// Gaps in the record that reconciliation filled, cited.
+    pub recoveries: Vec<Cited>,
     pub evidence: Vec<EvidenceView>,
     /// The message to users, rendered (and redacted) from the `users-message` partial.
     pub users_message: String,
@@ -335,6 +339,15 @@ pub fn build(facts: &Facts, events: &[Event]) -> View {
         }
     }
     let resolved = moments.iter().find(|m| m.label == "resolved").cloned();
+    let recoveries: Vec<Cited> = facts
+        .recoveries
+        .iter()
+        .map(|r| Cited {
+            text: r.text.clone(),
+            cite: c.cite(&r.evidence),
+        })
+        .collect();
+    let by_id: HashMap<Ulid, &Event> = events.iter().map(|e| (e.id, e)).collect();
     let timeline: Vec<Row> = facts
         .timeline
         .iter()
@@ -344,11 +357,13 @@ pub fn build(facts: &Facts, events: &[Event]) -> View {
             title: t.title.clone(),
             url: safe_url(t.url.as_deref()),
             label: format!("t{}", t.n),
+            recovered: by_id
+                .get(&t.id)
+                .is_some_and(|e| e.attrs.contains_key(crate::domain::ATTR_RECOVERED)),
         })
         .collect();
     // The Evidence section: the events the claims cite (a timeline line is an event, not
     // a claim: it carries its own source link), in time order.
-    let by_id: HashMap<Ulid, &Event> = events.iter().map(|e| (e.id, e)).collect();
     let titles: HashMap<Ulid, &str> = facts
         .timeline
         .iter()
@@ -410,6 +425,7 @@ pub fn build(facts: &Facts, events: &[Event]) -> View {
         moments,
         resolved,
         timeline,
+        recoveries,
         evidence,
         users_message: String::new(),
     }

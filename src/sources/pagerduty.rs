@@ -213,6 +213,9 @@ struct Assignment {
 #[derive(Deserialize)]
 struct NestedData {
     incident: Reference,
+    /// The note's id (`incident.annotated`): the REST API's `notes[].id`.
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default)]
     content: Option<String>,
     #[serde(default)]
@@ -518,6 +521,17 @@ fn normalize_v3(
             .clone()
             .filter(|id| crate::domain::IncidentId::parse(id).is_ok())
             .ok_or_else(|| shape("event.data.incident.id is missing or not a valid incident id"))?;
+        let note_id = data
+            .id
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| kind == EventKind::IncidentNote && !id.is_empty() && id.len() <= 64)
+            .map(str::to_owned);
+        if let Some(id) = &note_id {
+            // Shared with a note recovered from the REST API, so whichever comes second is
+            // a duplicate.
+            delivery_keys.push(note_key(&incident_id, id));
+        }
         let text = data.content.or(data.message).unwrap_or_default();
         let who = actor.clone().unwrap_or_else(|| "PagerDuty".into());
         let title = match kind {
@@ -537,6 +551,9 @@ fn normalize_v3(
         }
         if let Some(url) = &data.incident.html_url {
             attrs.insert("incident_url".into(), Value::from(url.clone()));
+        }
+        if let Some(id) = note_id {
+            attrs.insert("note_id".into(), Value::from(id));
         }
         Draft {
             kind,
@@ -571,6 +588,33 @@ fn normalize_v3(
         events,
         ..Default::default()
     })
+}
+
+/// Normalizes what the REST API says as if its webhook had come: `data` is the incident
+/// object (or, for `incident.annotated`, `{incident, id, content}`), `agent` who acted.
+/// Recovered events so read the same as webhook ones.
+pub fn normalize_recovered(
+    event_type: &str,
+    synthetic_id: &str,
+    occurred_at: DateTime<Utc>,
+    agent: Option<Value>,
+    data: Value,
+    received_at: DateTime<Utc>,
+) -> Result<Normalized, NormalizeError> {
+    let event = V3Event {
+        id: synthetic_id.to_owned(),
+        event_type: event_type.to_owned(),
+        resource_type: Some("incident".into()),
+        occurred_at: occurred_at.to_rfc3339(),
+        agent: agent.and_then(|a| serde_json::from_value(a).ok()),
+        data,
+    };
+    normalize_v3(event, None, received_at)
+}
+
+/// The delivery key of a PagerDuty note, whether its webhook or the REST API brought it.
+pub fn note_key(incident: &str, note: &str) -> String {
+    format!("pagerduty:note:{incident}:{note}")
 }
 
 fn normalize_v2(

@@ -257,6 +257,9 @@ pub trait Store: Send + Sync + 'static {
     fn cursor(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// A raw payload by event (or receipt) id.
     fn raw(&self, id: Ulid) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The record of a delivery key, outside any unit (reconciliation asks whether a
+    /// provider's delivery was stored).
+    fn delivery(&self, key: &str) -> Result<Option<DeliveryRecord>, StoreError>;
     /// Forgets delivery keys stored before `cutoff`; returns how many were removed.
     fn prune_deliveries(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError>;
     /// Remembers a page session under `key` (a hash of the cookie, never the cookie)

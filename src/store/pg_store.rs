@@ -858,6 +858,13 @@ impl Store for PgStore {
         })
     }
 
+    fn delivery(&self, key: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+        self.run(|c| {
+            let row = c.query_opt("SELECT record FROM deliveries WHERE key = $1", &[&key])?;
+            Ok(row.map(|r| r.get::<_, Json<DeliveryRecord>>(0).0))
+        })
+    }
+
     fn forget_cursor(&self, key: &str) -> Result<(), StoreError> {
         self.run(|c| {
             c.execute("DELETE FROM cursors WHERE key = $1", &[&key])?;

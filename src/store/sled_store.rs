@@ -844,6 +844,13 @@ impl Store for SledStore {
         Ok(removed)
     }
 
+    fn delivery(&self, key: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+        self.deliveries
+            .get(key.as_bytes())?
+            .map(|v| decode(key.as_bytes(), &v))
+            .transpose()
+    }
+
     fn forget_cursor(&self, key: &str) -> Result<(), StoreError> {
         self.cursors.remove(key.as_bytes())?;
         Ok(())

@@ -404,6 +404,9 @@ fn facts_view(
     for a in &f.action_items {
         out.push(json!({"label": format!("Action ({})", a.priority.clone().unwrap_or_default()), "value": a.text, "evidence": fact_evidence(&a.evidence, index)}));
     }
+    for r in &f.recoveries {
+        out.push(json!({"label": "Gap recovered", "value": r.text, "evidence": fact_evidence(&r.evidence, index)}));
+    }
     out
 }
 

@@ -458,6 +458,12 @@ impl Store for FaultyStore {
     fn raw(&self, id: ulid::Ulid) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.raw(id)
     }
+    fn delivery(
+        &self,
+        key: &str,
+    ) -> Result<Option<incidentpost::store::DeliveryRecord>, StoreError> {
+        self.inner.delivery(key)
+    }
     fn prune_deliveries(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<usize, StoreError> {
         self.inner.prune_deliveries(cutoff)
     }

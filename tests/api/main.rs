@@ -17,6 +17,7 @@ mod pack;
 mod pagerduty;
 mod people;
 mod read_api;
+mod reconcile;
 mod replay;
 mod replicas;
 mod slack;
