@@ -492,6 +492,11 @@ async fn the_final_pack_waits_for_the_last_pagerduty_check() {
     // While the check runs, a download is a draft and nothing is stored as final.
     let r = app.get(&format!("/incidents/{id}/pack.zip")).await;
     assert_eq!(r.status(), 200);
+    let name = r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(name.contains("DRAFT"), "{name}");
     let first = unzip(&wait_for_pack(&app, id).await);
     assert!(
         first["postmortem.md"].contains("Firefighters are on the scene."),
@@ -521,4 +526,45 @@ async fn without_tokens_nothing_is_reconciled_and_the_report_says_why() {
         assert!(r["why_not"].as_str().is_some(), "{report}");
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn with_two_replicas_one_reconciles_and_a_late_webhook_at_the_other_is_a_duplicate() {
+    if !on_postgres() {
+        eprintln!("skipped: runs in the PostgreSQL pass (INCIDENTPOST_TEST_BACKEND=postgres)");
+        return;
+    }
+    let id = "PRECOV4";
+    let pd = pagerduty_double(id, pd_incident(id, "triggered"), pd_notes(), Duration::ZERO).await;
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let a = spawn_app_with(&pagerduty_settings(&pd), Some(dir.clone())).await;
+    let b = spawn_app_with(&pagerduty_settings(&pd), Some(dir.clone())).await;
+    let trigger = pd_v3("incident.triggered", id, "evt-recov-5", &at_offset(-20));
+    assert_eq!(a.post_pagerduty(&trigger).await.status(), 202);
+
+    let round = reconcile_now(&a).await;
+    assert_eq!(round["pagerduty"]["recovered"], 2, "{round}");
+    let round = reconcile_now(&b).await;
+    assert_eq!(
+        round["pagerduty"]["skipped"], "another replica reconciles",
+        "{round}"
+    );
+
+    let mut note = fixture_json("pagerduty/v3-incident.annotated.zulip.json");
+    note["event"]["data"]["incident"]["id"] = json!(id);
+    note["event"]["data"]["id"] = json!("PCQC25");
+    let r = b.post_pagerduty(&serde_json::to_vec(&note).unwrap()).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
+    let notes = b
+        .events(id)
+        .await
+        .iter()
+        .filter(|e| e["attrs"]["note_id"] == "PCQC25")
+        .count();
+    assert_eq!(notes, 1);
+    // Both replicas report the recovery (it is in the database).
+    let report = b.get_json("/deliveries/report").await;
+    assert_eq!(report["sources"]["pagerduty"]["recovered"], 2, "{report}");
+    a.stop().await;
+    b.stop().await;
 }
