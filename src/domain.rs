@@ -490,14 +490,26 @@ pub const ATTR_ACTOR_ID: &str = "actor_id";
 /// own records: `github_redelivery` (GitHub's delivery log) or `pagerduty_api`.
 pub const ATTR_RECOVERED: &str = "recovered";
 
-/// The delivery key of a PagerDuty status change (acknowledged, resolved) in one
-/// trigger-to-resolve cycle of an incident. A change recovered from the REST API is stored
-/// under it, so the late webhook of the same change is a duplicate.
-pub fn transition_key(incident: &IncidentId, status: IncidentStatus, reopen_count: u32) -> String {
-    format!(
-        "pagerduty:status:{incident}:{}:{reopen_count}",
-        status.as_str()
-    )
+/// The delivery key of a PagerDuty status change in one trigger-to-resolve cycle of an
+/// incident: a resolve, or an acknowledge by one person (`actor`: the agent's user id;
+/// several people may acknowledge). A change recovered from the REST API is stored under
+/// it, so the late webhook of the same change is a duplicate.
+pub fn transition_key(
+    incident: &IncidentId,
+    status: IncidentStatus,
+    reopen_count: u32,
+    actor: Option<&str>,
+) -> String {
+    match status {
+        IncidentStatus::Acknowledged => format!(
+            "pagerduty:status:{incident}:acknowledged:{reopen_count}:{}",
+            actor.unwrap_or("-")
+        ),
+        other => format!(
+            "pagerduty:status:{incident}:{}:{reopen_count}",
+            other.as_str()
+        ),
+    }
 }
 
 /// `label: text`, unless `text` already starts with that label or another severity or

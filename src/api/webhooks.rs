@@ -72,9 +72,11 @@ async fn handle(
     if let Some(reply) = normalized.reply {
         return Ok(HttpResponse::Ok().json(reply));
     }
-    if source == Source::Github && state.reconcile.reconciles_github() {
-        mark_github_redelivery(state, &headers, &body, &mut normalized.events).await?;
-    }
+    let redelivered = if source == Source::Github && state.reconcile.reconciles_github() {
+        mark_github_redelivery(state, &headers, &body, &mut normalized.events).await?
+    } else {
+        false
+    };
     let event_count = normalized.events.len();
     let receipt = state
         .ingest
@@ -108,6 +110,21 @@ async fn handle(
             metrics::counter!("incidentpost_webhook_duplicates_total", "source" => label)
                 .increment(1);
             state.reconcile.ledger().duplicate(source);
+            if redelivered {
+                // The same delivery through another hook was stored: this one is here.
+                let reconcile = state.reconcile.clone();
+                let hook = headers
+                    .get("X-GitHub-Hook-ID")
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                let guid = headers
+                    .get("X-GitHub-Delivery")
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                super::blocking(move || reconcile.redelivery_arrived(&hook, &guid)).await?;
+            }
             tracing::info!(source = label, "duplicate delivery; nothing stored");
             HttpResponse::Ok().json(json!({"status": "duplicate", "event_ids": event_ids}))
         }
@@ -116,13 +133,13 @@ async fn handle(
 
 /// With GitHub reconciliation on: remembers the hook a verified delivery came from (so
 /// its delivery log is read), and marks the events of a redelivery we asked for as
-/// recovered.
+/// recovered. True when it is one.
 async fn mark_github_redelivery(
     state: &AppState,
     headers: &Headers,
     body: &web::Bytes,
     events: &mut [crate::domain::Event],
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let hook = headers
         .get("X-GitHub-Hook-ID")
         .unwrap_or("")
@@ -151,5 +168,5 @@ async fn mark_github_redelivery(
             );
         }
     }
-    Ok(())
+    Ok(asked)
 }

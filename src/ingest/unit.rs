@@ -162,8 +162,9 @@ pub(super) fn find_duplicate(
     Ok(None)
 }
 
-/// A PagerDuty status change already recovered from the REST API (the late webhook of
-/// it), or a recovered change the incident already shows (its webhook came first): a
+/// A PagerDuty status change already recovered from the REST API (its late webhook:
+/// same change, same cycle, same person for an acknowledge, whatever the status is now),
+/// or a recovered change the incident already shows (its webhook won the race): a
 /// duplicate of what is stored.
 pub(super) fn recovered_twin(
     tx: &dyn WriteTx,
@@ -188,20 +189,20 @@ pub(super) fn recovered_twin(
     let Some(incident) = tx.incident(&id)? else {
         return Ok(None);
     };
-    if incident.status != target {
-        return Ok(None);
-    }
-    let key = crate::domain::transition_key(&id, target, incident.reopen_count);
+    let actor = attr_str(event, crate::domain::ATTR_ACTOR_ID);
+    let key = crate::domain::transition_key(&id, target, incident.reopen_count, actor);
     if let Some(record) = tx.delivery(&key)? {
         return Ok(Some(record));
     }
-    Ok(event
-        .attrs
-        .contains_key(crate::domain::ATTR_RECOVERED)
-        .then(|| DeliveryRecord {
-            stored_at: now,
-            event_ids: Vec::new(),
-        }))
+    let shown = match target {
+        IncidentStatus::Resolved => incident.status == IncidentStatus::Resolved,
+        _ => incident.status != IncidentStatus::Triggered || incident.acknowledged_at.is_some(),
+    };
+    let recovered = event.attrs.contains_key(crate::domain::ATTR_RECOVERED);
+    Ok((recovered && shown).then(|| DeliveryRecord {
+        stored_at: now,
+        event_ids: Vec::new(),
+    }))
 }
 
 /// Per-unit state of the correlation pass.

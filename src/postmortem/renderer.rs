@@ -118,7 +118,16 @@ impl Renderer {
             .and_then(|g| g.pending(incident, chrono::Utc::now()))
     }
 
-    /// True when the incident's pack is final: resolved, and no recovery pending.
+    /// [`Renderer::pending`] off the async workers (it reads the store).
+    pub async fn pending_async(&self, incident: &Incident) -> Option<&'static str> {
+        match self.gate.get() {
+            Some(gate) if !incident.status.is_open() => gate.pending_async(incident).await,
+            _ => None,
+        }
+    }
+
+    /// True when the incident's pack is final: resolved, and no recovery pending. Reads
+    /// the store: call it on a blocking thread.
     fn is_final(&self, incident: &Incident) -> bool {
         !incident.status.is_open() && self.pending(incident).is_none()
     }
@@ -387,7 +396,8 @@ impl Renderer {
             }
         }
         let rendered = self.rendered(id).await?;
-        Ok((rendered.pack.zip.clone(), !self.is_final(&incident)))
+        let draft = incident.status.is_open() || self.pending_async(&incident).await.is_some();
+        Ok((rendered.pack.zip.clone(), draft))
     }
 }
 
@@ -439,7 +449,7 @@ pub fn spawn(
             }
             for id in due {
                 if let Ok(incident) = renderer.incident(&id).await {
-                    if let Some(why) = renderer.pending(&incident) {
+                    if let Some(why) = renderer.pending_async(&incident).await {
                         tracing::debug!(incident = %id, why, "final render waits for reconciliation");
                         waiting.insert(id);
                         continue;

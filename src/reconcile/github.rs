@@ -9,8 +9,9 @@
 //! - `reconcile:github:log:<id>`: the newest delivery id of the hook checked, so a restart
 //!   goes on where it stopped;
 //! - `reconcile:github:asked:<id>:<guid>`: a redelivery asked for, until it lands (then
-//!   counted recovered and forgotten) or is given up (kept as missing until it is older
-//!   than the delivery retention, so it is never asked for twice).
+//!   counted recovered and forgotten) or is given up: then it moves to
+//!   `reconcile:github:missing:<id>:<guid>`, kept until it is older than the look-back,
+//!   so it is never asked for twice.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,13 @@ use crate::store::{Store, StoreError};
 
 const HOOK_PREFIX: &str = "reconcile:github:hook:";
 const LOG_PREFIX: &str = "reconcile:github:log:";
+const HOOK_ERROR_PREFIX: &str = "reconcile:github:hook_error:";
 const ASKED_PREFIX: &str = "reconcile:github:asked:";
+const MISSING_PREFIX: &str = "reconcile:github:missing:";
+/// Missing deliveries the report lists at most (the count is always whole).
+const REPORT_MISSING: usize = 50;
+/// The largest delivery-log page read.
+const MAX_PAGE_BYTES: usize = 8 << 20;
 /// What redelivered events say they came from.
 pub const RECOVERED_FROM_LOG: &str = "github_redelivery";
 /// A redelivery that has not landed this long after it was asked for is given up.
@@ -49,6 +56,9 @@ pub struct Asked {
     /// Given up: the redelivery never arrived, or GitHub refused it.
     #[serde(default)]
     pub missing: bool,
+    /// It came, as a duplicate by body (the same delivery through another hook).
+    #[serde(default)]
+    pub arrived: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -172,11 +182,30 @@ impl GithubReconciler {
 
     /// True when we asked GitHub to redeliver this delivery.
     pub fn asked_for(&self, hook: &str, guid: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .shared
-            .store
+        let store = &self.shared.store;
+        Ok(store
             .cursor(&format!("{ASKED_PREFIX}{hook}:{guid}"))?
-            .is_some())
+            .is_some()
+            || store
+                .cursor(&format!("{MISSING_PREFIX}{hook}:{guid}"))?
+                .is_some())
+    }
+
+    /// A redelivery we asked for came as a duplicate: it is here.
+    pub fn arrived(&self, hook: &str, guid: &str) -> Result<(), StoreError> {
+        let store = &self.shared.store;
+        for prefix in [ASKED_PREFIX, MISSING_PREFIX] {
+            let key = format!("{prefix}{hook}:{guid}");
+            if let Some(mut a) = store
+                .cursor(&key)?
+                .and_then(|raw| serde_json::from_str::<Asked>(&raw).ok())
+            {
+                a.arrived = true;
+                a.missing = false;
+                return self.shared.put_asked(&a);
+            }
+        }
+        Ok(())
     }
 
     /// Why an incident resolved at `resolved` must wait: the log was not checked past
@@ -199,12 +228,7 @@ impl GithubReconciler {
             ));
         }
         let recent = now - chrono::Duration::seconds(super::REDELIVERY_WAIT_SECS);
-        if self
-            .shared
-            .asked()?
-            .iter()
-            .any(|a| !a.missing && a.asked_at > recent)
-        {
+        if self.shared.asked()?.iter().any(|a| a.asked_at > recent) {
             return Ok(Some("a GitHub redelivery is on its way"));
         }
         Ok(None)
@@ -227,21 +251,27 @@ impl GithubReconciler {
     }
 
     /// For the report: given-up deliveries, redeliveries waiting, and the hooks.
-    pub fn outstanding(&self) -> Result<(Vec<Asked>, usize, Vec<Value>), StoreError> {
-        let asked = self.shared.asked()?;
-        let waiting = asked.iter().filter(|a| !a.missing).count();
-        let missing = asked.into_iter().filter(|a| a.missing).collect();
+    /// For the report: how many are missing and the newest of them, redeliveries
+    /// waiting, and the hooks.
+    pub fn outstanding(&self) -> Result<(usize, Vec<Asked>, usize, Vec<Value>), StoreError> {
+        let waiting = self.shared.asked()?.len();
+        let mut missing = self.shared.missing()?;
+        let count = missing.len();
+        missing.sort_by_key(|a| std::cmp::Reverse(a.delivered_at));
+        missing.truncate(REPORT_MISSING);
         let mut hooks = Vec::new();
         for h in self.shared.hooks()? {
-            let checked = self.shared.store.cursor(&format!("{LOG_PREFIX}{}", h.id))?;
+            let cursor = self.shared.hook_cursor(h.id)?;
             hooks.push(json!({
                 "id": h.id,
                 "repo": h.repo,
                 "org": h.org,
-                "checked_through_delivery": checked.and_then(|c| c.parse::<u64>().ok()),
+                "checked_through_delivery": cursor.checked,
+                "catching_up": cursor.gap.is_some(),
+                "error": self.shared.store.cursor(&format!("{HOOK_ERROR_PREFIX}{}", h.id))?,
             }));
         }
-        Ok((missing, waiting, hooks))
+        Ok((count, missing, waiting, hooks))
     }
 
     /// One round over every hook, bounded by `max_pages` per hook and `max_redeliveries`.
@@ -269,12 +299,11 @@ impl GithubReconciler {
             return Ok(summary);
         }
         // Redeliveries asked for earlier: landed (recovered) or given up (missing).
-        let asked = self.sync(Shared::asked).await?;
         let mut asked_guids = HashSet::new();
-        for mut a in asked {
+        for mut a in self.sync(Shared::asked).await? {
             let (hook, guid) = (a.hook, a.guid.clone());
-            let landed = self.sync(move |s| s.stored(hook, &guid)).await?;
-            if landed && !a.missing {
+            let landed = a.arrived || self.sync(move |s| s.stored(hook, &guid)).await?;
+            if landed {
                 state.recovered += 1;
                 summary.recovered += 1;
                 metrics::counter!("incidentpost_deliveries_recovered_total", "source" => "github")
@@ -283,12 +312,7 @@ impl GithubReconciler {
                 self.forget(&a).await?;
                 continue;
             }
-            if a.missing && (landed || a.delivered_at < now - self.lookback) {
-                // Out of reach now (or it came after all): no longer reported.
-                self.forget(&a).await?;
-                continue;
-            }
-            if !a.missing && a.asked_at < now - chrono::Duration::minutes(GIVE_UP_AFTER_MINS) {
+            if a.asked_at < now - chrono::Duration::minutes(GIVE_UP_AFTER_MINS) {
                 a.missing = true;
                 a.reason = Some(format!(
                     "redelivered at {}, but it never arrived here",
@@ -299,51 +323,73 @@ impl GithubReconciler {
             }
             asked_guids.insert((a.hook, a.guid.clone()));
         }
+        for a in self.sync(Shared::missing).await? {
+            let (hook, guid) = (a.hook, a.guid.clone());
+            let landed = a.arrived || self.sync(move |s| s.stored(hook, &guid)).await?;
+            if landed || a.asked_at < now - self.lookback {
+                // It came after all, or is out of the log's reach: no longer reported.
+                self.forget(&a).await?;
+                continue;
+            }
+            asked_guids.insert((a.hook, a.guid.clone()));
+        }
 
         let mut budget = self.max_redeliveries;
         let mut complete = true;
+        let mut failed = false;
         let hooks = self.sync(Shared::hooks).await?;
+        let mut refused = 0;
+        let total = hooks.len();
         for hook in hooks {
-            match self
+            let result = self
                 .check_hook(&hook, &mut budget, &asked_guids, now, &mut summary)
-                .await
-            {
+                .await;
+            let error = match &result {
+                Ok(_) | Err(CallError::RateLimited(_)) | Err(CallError::Store(_)) => None,
+                Err(e) => Some((e.to_string(), matches!(e, CallError::Gone(_)))),
+            };
+            let (id, configured) = (hook.id, self.shared.configured.contains(&hook));
+            self.sync(move |s| s.set_hook_error(id, error, configured))
+                .await?;
+            match result {
                 Ok(done) => complete &= done,
                 Err(CallError::RateLimited(until)) => {
                     tracing::warn!(hook = hook.id, %until, "GitHub rate limit: reconciliation backs off");
                     state.backoff_until = Some(until);
-                    state.last_error = Some(format!("rate limited until {until}"));
+                    summary.error = Some(format!("rate limited until {until}"));
                     complete = false;
-                    summary.error = state.last_error.clone();
                     break;
                 }
+                // One hook's problem is reported with it; the other hooks go on.
                 Err(CallError::Refused(message)) => {
-                    tracing::warn!(hook = hook.id, error = %message, "GitHub refused the token");
-                    state.refused = true;
-                    state.last_error = Some(format!("hook {}: {message}", hook.id));
-                    summary.error = state.last_error.clone();
-                    complete = false;
-                    break;
+                    tracing::warn!(hook = hook.id, error = %message, "GitHub refused the token for a hook");
+                    refused += 1;
+                    summary.error = Some(format!("hook {}: {message}", hook.id));
+                }
+                Err(CallError::Gone(message)) => {
+                    tracing::warn!(hook = hook.id, error = %message, "a GitHub hook is gone");
+                    summary.error = Some(format!("hook {}: {message}", hook.id));
                 }
                 Err(CallError::Failed(message)) => {
                     tracing::warn!(hook = hook.id, error = %message, "reading a GitHub hook's deliveries failed");
-                    state.last_error = Some(format!("hook {}: {message}", hook.id));
-                    summary.error = state.last_error.clone();
+                    summary.error = Some(format!("hook {}: {message}", hook.id));
                     complete = false;
+                    failed = true;
                 }
                 Err(CallError::Store(e)) => return Err(e),
             }
         }
+        state.refused = total > 0 && refused == total;
+        state.last_error = summary.error.clone();
         state.last_round_at = Some(now);
         state.checked += summary.checked;
         state.requested += summary.requested;
+        let limited = state.backoff_until.is_some_and(|u| u > now);
         if complete {
             state.covered_until = Some(now - self.settle);
-            state.last_error = None;
-            state.refused = false;
             state.failures = 0;
             state.last_round = Some("complete".into());
-        } else if summary.error.is_some() {
+        } else if failed || limited {
             state.failures += 1;
             if state.backoff_until.is_none_or(|u| u <= now) {
                 state.backoff_until = Some(now + backoff(state.failures.saturating_sub(1)));
@@ -353,12 +399,7 @@ impl GithubReconciler {
             state.last_round = Some("partial".into());
         }
         summary.complete = complete;
-        summary.missing = self
-            .sync(Shared::asked)
-            .await?
-            .iter()
-            .filter(|a| a.missing)
-            .count() as u64;
+        summary.missing = self.sync(Shared::missing).await?.len() as u64;
         metrics::gauge!("incidentpost_deliveries_missing", "source" => "github")
             .set(summary.missing as f64);
         metrics::counter!("incidentpost_reconcile_rounds_total", "source" => "github", "result" => state.last_round.clone().unwrap_or_default())
@@ -381,8 +422,9 @@ impl GithubReconciler {
         self.sync(move |s| s.forget_asked(&a)).await
     }
 
-    /// Checks one hook's log from its cursor on; true when everything settled was
-    /// checked (no bound reached).
+    /// Checks one hook's log from its cursor on: the head of the log (newest first, down
+    /// to the last delivery checked), or, when an earlier round hit `max_pages` before
+    /// reaching it, the gap it left. True when everything settled was checked.
     async fn check_hook(
         &self,
         hook: &GithubHook,
@@ -394,41 +436,34 @@ impl GithubReconciler {
         let path = hook
             .path()
             .ok_or_else(|| CallError::Failed("bad hook".into()))?;
-        let log_key = format!("{LOG_PREFIX}{}", hook.id);
-        let checked = {
-            let key = log_key.clone();
-            self.sync(move |s| s.store.cursor(&key))
-                .await?
-                .and_then(|c| c.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let id = hook.id;
+        let mut cursor = self.sync(move |s| s.hook_cursor(id)).await?;
         let oldest = now - self.lookback;
+        let (start, stop_at) = match &cursor.gap {
+            Some(gap) => (gap.next.clone(), gap.stop_at),
+            None => (format!("{path}/deliveries?per_page=100"), cursor.checked),
+        };
         let mut listed: Vec<Delivery> = Vec::new();
-        let mut next = Some(format!("{path}/deliveries?per_page=100"));
+        let mut next = Some(start);
         let mut pages = 0;
         let mut reached = false;
+        let mut after_last: Option<String> = None;
         while let Some(url) = next.take() {
             let (items, link) = self.list_page(&url, now).await?;
             pages += 1;
-            reached = items
-                .iter()
-                .any(|d| d.id <= checked || d.delivered_at < oldest);
+            reached = link.is_none()
+                || items
+                    .iter()
+                    .any(|d| d.id <= stop_at || d.delivered_at < oldest);
             listed.extend(items);
-            if reached || pages >= self.max_pages {
+            if reached {
+                break;
+            }
+            if pages >= self.max_pages {
+                after_last = link;
                 break;
             }
             next = link;
-            if next.is_none() {
-                reached = true;
-            }
-        }
-        let mut complete = reached;
-        if !reached {
-            tracing::warn!(
-                hook = hook.id,
-                pages,
-                "more deliveries since the last check than reconcile.max_pages reads; the oldest were not checked"
-            );
         }
         let mut attempts: BTreeMap<String, Vec<u16>> = BTreeMap::new();
         for d in &listed {
@@ -439,16 +474,18 @@ impl GithubReconciler {
         }
         let mut candidates: Vec<Delivery> = listed
             .into_iter()
-            .filter(|d| d.id > checked && d.delivered_at >= oldest)
+            .filter(|d| d.id > stop_at && d.delivered_at >= oldest)
             .collect();
         candidates.sort_by_key(|d| d.id);
         let mut handled: HashSet<String> = HashSet::new();
         let settled = now - self.settle;
+        let mut last_done: Option<u64> = None;
+        let mut out_of_budget = false;
         for d in candidates {
             if d.delivered_at > settled {
+                // Newer ones wait for the next round (the cursor stays before them).
                 break;
             }
-            summary.checked += 1;
             let answered_2xx = attempts
                 .get(&d.guid)
                 .is_some_and(|codes| codes.iter().any(|c| (200..300).contains(c)));
@@ -462,17 +499,56 @@ impl GithubReconciler {
                 };
             if !skip {
                 if *budget == 0 {
-                    complete = false;
+                    out_of_budget = true;
                     break;
                 }
                 self.redeliver(hook, &path, &d, now).await?;
                 *budget -= 1;
                 summary.requested += 1;
             }
+            summary.checked += 1;
             handled.insert(d.guid.clone());
-            let (key, value) = (log_key.clone(), d.id.to_string());
-            self.sync(move |s| s.store.put_cache(&key, &value)).await?;
+            last_done = Some(d.id);
         }
+        // Where the next round starts. Work done before a stop is never undone: what was
+        // asked for is skipped by its record when read again.
+        match cursor.gap.take() {
+            Some(mut gap) => {
+                if out_of_budget {
+                    if let Some(done) = last_done {
+                        gap.stop_at = gap.stop_at.max(done);
+                    }
+                    cursor.gap = Some(gap);
+                } else if reached {
+                    cursor.checked = gap.high;
+                } else {
+                    gap.next = after_last.unwrap_or(gap.next);
+                    cursor.gap = Some(gap);
+                }
+            }
+            None => {
+                if reached {
+                    if let Some(done) = last_done {
+                        cursor.checked = cursor.checked.max(done);
+                    }
+                } else if out_of_budget {
+                    // Older deliveries beyond this read are unchecked: read it all again.
+                } else if let Some(next) = after_last {
+                    tracing::warn!(
+                        hook = hook.id,
+                        pages,
+                        "more deliveries since the last check than reconcile.max_pages reads; the older ones are checked in the next rounds"
+                    );
+                    cursor.gap = Some(Gap {
+                        next,
+                        stop_at: cursor.checked,
+                        high: last_done.unwrap_or(cursor.checked).max(cursor.checked),
+                    });
+                }
+            }
+        }
+        let complete = reached && !out_of_budget && cursor.gap.is_none();
+        self.sync(move |s| s.put_hook_cursor(id, &cursor)).await?;
         Ok(complete)
     }
 
@@ -494,6 +570,7 @@ impl GithubReconciler {
             delivered_at: d.delivered_at,
             asked_at: now,
             missing: false,
+            arrived: false,
             reason: None,
         };
         let first = record.clone();
@@ -510,12 +587,12 @@ impl GithubReconciler {
         .await;
         let response = match answer {
             Ok(Ok(r)) => r,
+            // The request may have reached GitHub: the record stays, so it is never asked
+            // for twice (if it does not come, it is reported missing).
             Ok(Err(e)) => {
-                self.forget(&record).await?;
                 return Err(CallError::Failed(format!("asking for a redelivery: {e}")));
             }
             Err(_) => {
-                self.forget(&record).await?;
                 return Err(CallError::Failed(
                     "asking for a redelivery timed out".into(),
                 ));
@@ -527,6 +604,17 @@ impl GithubReconciler {
         if let Some(until) = rate_limited(status, header, now) {
             self.forget(&record).await?;
             return Err(CallError::RateLimited(until));
+        }
+        if status >= 500 || matches!(status, 401 | 403) {
+            // Not done: asked again next round.
+            self.forget(&record).await?;
+            return Err(if status >= 500 {
+                CallError::Failed(format!("GitHub answered {status} to a redelivery"))
+            } else {
+                CallError::Refused(format!(
+                    "GitHub answered {status} to a redelivery: sources.github.token may not redeliver (it needs admin:repo_hook, or \"Webhooks\" write)"
+                ))
+            });
         }
         if (200..300).contains(&status) {
             metrics::counter!("incidentpost_redeliveries_requested_total", "source" => "github")
@@ -563,11 +651,18 @@ impl GithubReconciler {
             .get("link")
             .and_then(|v| v.to_str().ok())
             .and_then(next_link);
-        let body = self
-            .client
-            .body_to_string(response)
-            .await
-            .map_err(|e| CallError::Failed(format!("reading the delivery list: {e}")))?;
+        let body = tokio::time::timeout(
+            Duration::from_secs(15),
+            self.client.body_to_string(response),
+        )
+        .await
+        .map_err(|_| CallError::Failed("reading the delivery list timed out".into()))?
+        .map_err(|e| CallError::Failed(format!("reading the delivery list: {e}")))?;
+        if body.len() > MAX_PAGE_BYTES {
+            return Err(CallError::Failed(format!(
+                "a delivery-list page is larger than {MAX_PAGE_BYTES} bytes"
+            )));
+        }
         match status {
             200 => {}
             401 | 403 => {
@@ -576,7 +671,7 @@ impl GithubReconciler {
                 )))
             }
             404 => {
-                return Err(CallError::Failed(
+                return Err(CallError::Gone(
                     "GitHub answered 404: the hook is gone, or the token cannot see it (it needs admin:repo_hook, or the fine-grained \"Webhooks\" permission)"
                         .into(),
                 ))
@@ -594,6 +689,26 @@ impl GithubReconciler {
     }
 }
 
+/// Where a hook's log was checked to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct HookCursor {
+    /// Every delivery up to this id was checked.
+    checked: u64,
+    /// Deliveries older than the last head read, newer than `checked`, still to check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gap: Option<Gap>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Gap {
+    /// The page to read next (older deliveries).
+    next: String,
+    /// Read down to this id.
+    stop_at: u64,
+    /// The newest delivery checked by the head read: `checked` once the gap is done.
+    high: u64,
+}
+
 /// What the blocking side of a round reads and writes.
 struct Shared {
     store: Arc<dyn Store>,
@@ -601,24 +716,79 @@ struct Shared {
 }
 
 impl Shared {
-    fn asked(&self) -> Result<Vec<Asked>, StoreError> {
+    fn read(&self, prefix: &str) -> Result<Vec<Asked>, StoreError> {
         Ok(self
             .store
-            .cursors_with_prefix(ASKED_PREFIX)?
+            .cursors_with_prefix(prefix)?
             .into_iter()
             .filter_map(|(_, raw)| serde_json::from_str(&raw).ok())
             .collect())
     }
 
+    /// Redeliveries asked for, not landed yet.
+    fn asked(&self) -> Result<Vec<Asked>, StoreError> {
+        self.read(ASKED_PREFIX)
+    }
+
+    /// Deliveries given up.
+    fn missing(&self) -> Result<Vec<Asked>, StoreError> {
+        self.read(MISSING_PREFIX)
+    }
+
+    /// Writes the record under the prefix of its state and removes it from the other.
     fn put_asked(&self, a: &Asked) -> Result<(), StoreError> {
         let raw = serde_json::to_string(a).map_err(|e| StoreError::Engine(e.to_string()))?;
+        let (to, from) = if a.missing {
+            (MISSING_PREFIX, ASKED_PREFIX)
+        } else {
+            (ASKED_PREFIX, MISSING_PREFIX)
+        };
         self.store
-            .put_cache(&format!("{ASKED_PREFIX}{}:{}", a.hook, a.guid), &raw)
+            .put_cache(&format!("{to}{}:{}", a.hook, a.guid), &raw)?;
+        self.store
+            .forget_cursor(&format!("{from}{}:{}", a.hook, a.guid))
     }
 
     fn forget_asked(&self, a: &Asked) -> Result<(), StoreError> {
-        self.store
-            .forget_cursor(&format!("{ASKED_PREFIX}{}:{}", a.hook, a.guid))
+        for prefix in [ASKED_PREFIX, MISSING_PREFIX] {
+            self.store
+                .forget_cursor(&format!("{prefix}{}:{}", a.hook, a.guid))?;
+        }
+        Ok(())
+    }
+
+    fn hook_cursor(&self, hook: u64) -> Result<HookCursor, StoreError> {
+        Ok(match self.store.cursor(&format!("{LOG_PREFIX}{hook}"))? {
+            None => HookCursor::default(),
+            Some(raw) => match raw.trim().parse::<u64>() {
+                Ok(checked) => HookCursor { checked, gap: None },
+                Err(_) => serde_json::from_str(&raw).unwrap_or_default(),
+            },
+        })
+    }
+
+    fn put_hook_cursor(&self, hook: u64, cursor: &HookCursor) -> Result<(), StoreError> {
+        let raw = serde_json::to_string(cursor).map_err(|e| StoreError::Engine(e.to_string()))?;
+        self.store.put_cache(&format!("{LOG_PREFIX}{hook}"), &raw)
+    }
+
+    /// Records (or clears) a hook's last error. A hook that is gone and was only seen (not
+    /// configured) is forgotten: a new delivery from it records it again.
+    fn set_hook_error(
+        &self,
+        hook: u64,
+        error: Option<(String, bool)>,
+        configured: bool,
+    ) -> Result<(), StoreError> {
+        let key = format!("{HOOK_ERROR_PREFIX}{hook}");
+        match error {
+            None => self.store.forget_cursor(&key),
+            Some((_, true)) if !configured => {
+                self.store.forget_cursor(&key)?;
+                self.store.forget_cursor(&format!("{HOOK_PREFIX}{hook}"))
+            }
+            Some((e, _)) => self.store.put_cache(&key, &e),
+        }
     }
 
     /// True when we stored the delivery `guid` from `hook`.

@@ -167,6 +167,9 @@ pub enum CallError {
     /// 401/403: the token is wrong or lacks the scope.
     #[error("{0}")]
     Refused(String),
+    /// 404: the hook (or incident) is gone, or the token cannot see it.
+    #[error("{0}")]
+    Gone(String),
     #[error("{0}")]
     Failed(String),
     #[error(transparent)]
@@ -200,6 +203,8 @@ pub struct Reconcile {
     pagerduty: Option<pagerduty::PagerDutyReconciler>,
     interval: Duration,
     grace: chrono::Duration,
+    /// This replica held the reconciler lease at its last check.
+    leading: std::sync::atomic::AtomicBool,
     runs: mpsc::Sender<RunRequest>,
     run_queue: Mutex<Option<mpsc::Receiver<RunRequest>>>,
 }
@@ -244,6 +249,7 @@ impl Reconcile {
             pagerduty,
             interval: Duration::from_secs(settings.reconcile.interval_secs),
             grace: chrono::Duration::minutes(i64::from(settings.correlation.grace_mins)),
+            leading: std::sync::atomic::AtomicBool::new(false),
             runs,
             run_queue: Mutex::new(Some(run_queue)),
         })
@@ -294,12 +300,33 @@ impl Reconcile {
                 return Some(why);
             }
         }
-        if let Some(gh) = &self.github {
+        // The round that covers a resolve runs on the replica that reconciles, after a
+        // resolve it saw: only there is it waited for.
+        let leading = self.leading.load(std::sync::atomic::Ordering::Relaxed);
+        if let (Some(gh), true) = (&self.github, leading) {
             if let Some(why) = answer(gh.pending(resolved, now)) {
                 return Some(why);
             }
         }
         None
+    }
+
+    /// [`Reconcile::pending`] off the async workers (it reads the store).
+    pub async fn pending_async(self: &Arc<Self>, incident: &Incident) -> Option<&'static str> {
+        let this = self.clone();
+        let incident = incident.clone();
+        tokio::task::spawn_blocking(move || this.pending(&incident, Utc::now()))
+            .await
+            .unwrap_or(None)
+    }
+
+    /// Marks a redelivery we asked for as arrived when it came as a duplicate (by body,
+    /// through another hook): it is recovered, not missing.
+    pub fn redelivery_arrived(&self, hook: &str, guid: &str) -> Result<(), StoreError> {
+        match &self.github {
+            Some(gh) => gh.arrived(hook, guid),
+            None => Ok(()),
+        }
     }
 
     /// Runs a round now on this replica (`POST /deliveries/reconcile`), if the background
@@ -311,6 +338,13 @@ impl Reconcile {
     }
 
     async fn leads(&self) -> bool {
+        let leads = self.check_lease().await;
+        self.leading
+            .store(leads, std::sync::atomic::Ordering::Relaxed);
+        leads
+    }
+
+    async fn check_lease(&self) -> bool {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.lead("reconciler")).await {
             Ok(Ok(leads)) => leads,
@@ -363,9 +397,9 @@ impl Reconcile {
             let c = counts.get(source.as_str()).cloned().unwrap_or_default();
             let state = load_state(self.store.as_ref(), source)?;
             let (enabled, why_not) = self.reconciled(source);
-            let (missing, waiting, hooks) = match (&self.github, source) {
+            let (missing_count, missing, waiting, hooks) = match (&self.github, source) {
                 (Some(gh), Source::Github) => gh.outstanding()?,
-                _ => (Vec::new(), 0, Vec::new()),
+                _ => (0, Vec::new(), 0, Vec::new()),
             };
             let rejected_total: u64 = c.rejected.values().sum();
             let mut entry = json!({
@@ -375,7 +409,7 @@ impl Reconcile {
                 "rejected": rejected_total,
                 "rejected_by_reason": c.rejected,
                 "recovered": state.recovered,
-                "missing": missing.len(),
+                "missing": missing_count,
                 "reconciliation": {
                     "enabled": enabled,
                 },
@@ -480,20 +514,29 @@ pub fn spawn(
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = every.tick() => {
-                    let summary = reconcile.round().await;
-                    tracing::debug!(?summary, "reconciliation round");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        summary = reconcile.round() => tracing::debug!(?summary, "reconciliation round"),
+                    }
                 }
                 _ = github_round => {
                     github_due = None;
                     if let Some(gh) = &reconcile.github {
                         if reconcile.leads().await {
-                            let summary = gh.round().await;
-                            tracing::debug!(?summary, "GitHub reconciliation after a resolve");
+                            tokio::select! {
+                                _ = stop.cancelled() => break,
+                                summary = gh.round() => tracing::debug!(?summary, "GitHub reconciliation after a resolve"),
+                            }
                         }
                     }
                 }
                 asked = runs.recv() => match asked {
-                    Some(reply) => { let _ = reply.send(reconcile.round().await); }
+                    Some(reply) => {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            summary = reconcile.round() => { let _ = reply.send(summary); }
+                        }
+                    }
                     None => break,
                 },
                 change = changes.recv() => match change {
@@ -503,9 +546,13 @@ pub fn spawn(
                                 tokio::time::Instant::now() + gh.settle_wait()
                             });
                         }
+                        // The replica that saw the resolve reads PagerDuty once more itself
+                        // (idempotent through the shared keys): the one that reconciles
+                        // may never hear of it.
                         if let Some(pd) = &reconcile.pagerduty {
-                            if reconcile.leads().await {
-                                pd.check_resolved(&incident_id).await;
+                            tokio::select! {
+                                _ = stop.cancelled() => break,
+                                _ = pd.check_resolved(&incident_id) => {}
                             }
                         }
                     }

@@ -21,8 +21,19 @@ use crate::ingest::{Ingest, Receipt, Submission};
 use crate::store::{Store, StoreError};
 
 const FINAL_PREFIX: &str = "reconcile:pagerduty:final:";
+/// Notes of one incident looked at per check at most.
+const MAX_NOTES: usize = 500;
+
+/// The notes an incident already has.
+#[derive(Default)]
+struct KnownNotes {
+    ids: std::collections::HashSet<String>,
+    texts: std::collections::HashSet<String>,
+}
 /// Incidents read per round at most (two calls each); the least recently read first.
 const MAX_INCIDENTS_PER_ROUND: usize = 50;
+/// The largest API answer read.
+const MAX_ANSWER_BYTES: usize = 8 << 20;
 /// What recovered events say they came from.
 pub const RECOVERED_FROM_API: &str = "pagerduty_api";
 
@@ -65,9 +76,12 @@ impl PagerDutyReconciler {
 
     /// Why a resolved incident's pack waits: PagerDuty has not been read since it resolved.
     pub fn pending(&self, incident: &Incident) -> Result<Option<&'static str>, StoreError> {
-        if incident.opened_by != Source::Pagerduty
-            || load_state(self.store.as_ref(), Source::Pagerduty)?.refused
-        {
+        if incident.opened_by != Source::Pagerduty {
+            return Ok(None);
+        }
+        // A refused token, or an API failing round after round, is not waited for.
+        let state = load_state(self.store.as_ref(), Source::Pagerduty)?;
+        if state.refused || state.failures >= 2 {
             return Ok(None);
         }
         Ok(self
@@ -159,7 +173,7 @@ impl PagerDutyReconciler {
                     failed = true;
                     break;
                 }
-                Err(CallError::Failed(message)) => {
+                Err(CallError::Failed(message)) | Err(CallError::Gone(message)) => {
                     tracing::warn!(incident = %incident.id, error = %message, "reading an incident from PagerDuty failed");
                     summary.error = Some(format!("incident {}: {message}", incident.id));
                     failed = true;
@@ -249,16 +263,51 @@ impl PagerDutyReconciler {
             self.mark_final(incident).await?;
             return Ok(0);
         };
-        let remote = body.get("incident").cloned().unwrap_or(Value::Null);
+        let mut remote = body.get("incident").cloned().unwrap_or(Value::Null);
+        if !remote.is_object() {
+            return Err(CallError::Failed(
+                "the incident answer has no incident object".into(),
+            ));
+        }
+        // Whatever the answer says, it is about this incident.
+        remote["id"] = json!(id.as_str());
         let notes = self
             .get(&format!("/incidents/{id}/notes"), now)
             .await?
             .and_then(|b| b.get("notes").cloned())
             .and_then(|n| n.as_array().cloned())
             .unwrap_or_default();
+        // Read again after the calls: a webhook may have landed meanwhile. The notes we
+        // have are known by id, or (stored before note ids were kept, through V2, or with
+        // their keys pruned) by their text.
+        let key = id.clone();
+        let (incident, known) = self
+            .blocking(move |s| {
+                let incident = s.incident(&key)?;
+                let mut known = KnownNotes::default();
+                for e in s.incident_events(&key)? {
+                    if e.kind == crate::domain::EventKind::IncidentNote {
+                        if let Some(id) = e.attrs.get("note_id").and_then(Value::as_str) {
+                            known.ids.insert(id.to_owned());
+                        }
+                        if let Some(text) = e.attrs.get("text").and_then(Value::as_str) {
+                            known.texts.insert(text.trim().to_owned());
+                        }
+                    }
+                }
+                Ok((incident, known))
+            })
+            .await?;
+        let Some(incident) = incident else {
+            return Ok(0);
+        };
+        let incident = &incident;
         let mut submissions = Vec::new();
-        for note in &notes {
-            if let Some(sub) = self.missed_note(incident, &remote, note, now).await? {
+        for note in notes.iter().take(MAX_NOTES) {
+            if let Some(sub) = self
+                .missed_note(incident, &remote, note, &known, now)
+                .await?
+            {
                 submissions.push(sub);
             }
         }
@@ -304,11 +353,20 @@ impl PagerDutyReconciler {
         incident: &Incident,
         remote: &Value,
         note: &Value,
+        known: &KnownNotes,
         now: DateTime<Utc>,
     ) -> Result<Option<Submission>, StoreError> {
-        let Some(note_id) = note.get("id").and_then(Value::as_str) else {
+        let Some(note_id) = note
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty() && id.len() <= 64)
+        else {
             return Ok(None);
         };
+        let text = note.get("content").and_then(Value::as_str).unwrap_or("");
+        if known.ids.contains(note_id) || known.texts.contains(text.trim()) {
+            return Ok(None);
+        }
         let key = crate::sources::pagerduty::note_key(incident.id.as_str(), note_id);
         if self.blocking(move |s| s.delivery(&key)).await?.is_some() {
             return Ok(None);
@@ -374,10 +432,16 @@ fn missed_changes(incident: &Incident, remote: &Value, now: DateTime<Utc>) -> Ve
             &incident.id,
         )
         .map(|mut sub| {
+            let actor = sub.events[0]
+                .attrs
+                .get(crate::domain::ATTR_ACTOR_ID)
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             sub.delivery_keys.push(crate::domain::transition_key(
                 &incident.id,
                 IncidentStatus::Acknowledged,
                 incident.reopen_count,
+                actor.as_deref(),
             ));
             sub
         })
@@ -425,6 +489,7 @@ fn missed_changes(incident: &Incident, remote: &Value, now: DateTime<Utc>) -> Ve
                         &incident.id,
                         IncidentStatus::Resolved,
                         incident.reopen_count,
+                        None,
                     ));
                     sub
                 }),
@@ -490,7 +555,7 @@ impl PagerDutyReconciler {
                 header("retry-after").as_deref(),
                 header("ratelimit-reset")
                     .and_then(|secs| secs.trim().parse::<i64>().ok())
-                    .map(|secs| (now.timestamp() + secs).to_string())
+                    .map(|secs| (now.timestamp() + secs.clamp(0, 3600)).to_string())
                     .as_deref(),
                 now,
             )));
@@ -505,9 +570,16 @@ impl PagerDutyReconciler {
             }
             _ => return Err(CallError::Failed(format!("PagerDuty answered {status}"))),
         }
-        let body = response
-            .json::<Value>()
+        let bytes = response
+            .bytes()
             .await
+            .map_err(|e| CallError::Failed(format!("reading PagerDuty's answer: {e}")))?;
+        if bytes.len() > MAX_ANSWER_BYTES {
+            return Err(CallError::Failed(format!(
+                "PagerDuty's answer is larger than {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        let body = serde_json::from_slice::<Value>(&bytes)
             .map_err(|e| CallError::Failed(format!("PagerDuty's answer did not parse: {e}")))?;
         Ok(Some(body))
     }

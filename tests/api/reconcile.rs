@@ -415,13 +415,31 @@ async fn a_missed_pagerduty_resolve_closes_the_incident_and_renders_the_pack() {
     assert_eq!(resolves, 1);
     // Its retry is a duplicate too.
     assert_eq!(app.post_pagerduty(&late).await.status(), 200);
+    // The acknowledge's webhook too, though the incident has moved on to resolved...
+    let mut ack: Value = serde_json::from_slice(&pd_v3(
+        "incident.acknowledged",
+        id,
+        "evt-recov-ack",
+        &at_offset(-10),
+    ))
+    .unwrap();
+    ack["event"]["agent"] =
+        json!({"id": "PXPGF42", "type": "user_reference", "summary": "Earline Greenholt"});
+    let r = app.post_pagerduty(&serde_json::to_vec(&ack).unwrap()).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
+    // ...while another person's acknowledge is their own.
+    ack["event"]["id"] = json!("evt-recov-ack-2");
+    ack["event"]["agent"] =
+        json!({"id": "PMIKE01", "type": "user_reference", "summary": "Mike Ross"});
+    let r = app.post_pagerduty(&serde_json::to_vec(&ack).unwrap()).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "stored");
 
     // Nothing more to recover.
     let round = reconcile_now(&app).await;
     assert_eq!(round["pagerduty"]["recovered"], 0, "{round}");
     let report = app.get_json("/deliveries/report").await;
     assert_eq!(report["sources"]["pagerduty"]["recovered"], 2, "{report}");
-    assert_eq!(report["sources"]["pagerduty"]["duplicates"], 2, "{report}");
+    assert_eq!(report["sources"]["pagerduty"]["duplicates"], 3, "{report}");
     app.stop().await;
 }
 
@@ -432,9 +450,23 @@ async fn a_missed_note_appears_once_even_when_its_webhook_comes_after() {
     let app = spawn_app_with(&pagerduty_settings(&pd), None).await;
     let trigger = pd_v3("incident.triggered", id, "evt-recov-2", &at_offset(-20));
     assert_eq!(app.post_pagerduty(&trigger).await.status(), 202);
+    // A note stored before note ids were kept (its webhook without `data.id`): known by
+    // its text, not recovered again.
+    let mut old = fixture_json("pagerduty/v3-incident.annotated.zulip.json");
+    old["event"]["id"] = json!("evt-old-note");
+    old["event"]["data"]["incident"]["id"] = json!(id);
+    old["event"]["data"].as_object_mut().unwrap().remove("id");
+    old["event"]["data"]["content"] = json!("Initial alert information indicates a 1-alarm fire");
+    old["event"]["occurred_at"] = json!(at_offset(-3));
+    assert_eq!(
+        app.post_pagerduty(&serde_json::to_vec(&old).unwrap())
+            .await
+            .status(),
+        202
+    );
 
     let round = reconcile_now(&app).await;
-    assert_eq!(round["pagerduty"]["recovered"], 2, "{round}");
+    assert_eq!(round["pagerduty"]["recovered"], 1, "{round}");
 
     // The first note's webhook comes after all (the recorded V3 capture, its ids patched).
     let mut note = fixture_json("pagerduty/v3-incident.annotated.zulip.json");
@@ -465,8 +497,13 @@ async fn a_missed_note_appears_once_even_when_its_webhook_comes_after() {
         "{}",
         firefighters[0]
     );
+    let alarm = events
+        .iter()
+        .filter(|e| e["attrs"]["text"] == "Initial alert information indicates a 1-alarm fire")
+        .count();
+    assert_eq!(alarm, 1, "{events:?}");
     let report = app.get_json("/deliveries/report").await;
-    assert_eq!(report["sources"]["pagerduty"]["recovered"], 2, "{report}");
+    assert_eq!(report["sources"]["pagerduty"]["recovered"], 1, "{report}");
     assert_eq!(report["sources"]["pagerduty"]["duplicates"], 1, "{report}");
     app.stop().await;
 }
@@ -567,4 +604,86 @@ async fn with_two_replicas_one_reconciles_and_a_late_webhook_at_the_other_is_a_d
     assert_eq!(report["sources"]["pagerduty"]["recovered"], 2, "{report}");
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_log_is_checked_over_rounds_within_the_bounds_and_a_gone_hook_does_not_stop_it() {
+    use wiremock::matchers::{query_param, query_param_is_missing};
+    let github = MockServer::start().await;
+    let page_two = format!(
+        "<{}{HOOK}/deliveries?per_page=100&cursor=p2>; rel=\"next\"",
+        github.uri()
+    );
+    Mock::given(method("GET"))
+        .and(path(format!("{HOOK}/deliveries")))
+        .and(query_param_is_missing("cursor"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", page_two.as_str())
+                .set_body_json(json!([
+                    logged(3004, "d1a5e1d0-3004-11f0-8000-000000000000", "push", 503, 2),
+                    logged(3003, "d1a5e1d0-3003-11f0-8000-000000000000", "push", 503, 3),
+                ])),
+        )
+        .mount(&github)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{HOOK}/deliveries")))
+        .and(query_param("cursor", "p2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            logged(3002, "d1a5e1d0-3002-11f0-8000-000000000000", "push", 0, 4),
+            logged(3001, "d1a5e1d0-3001-11f0-8000-000000000000", "push", 503, 5),
+        ])))
+        .mount(&github)
+        .await;
+    Mock::given(method("POST"))
+        .and(wiremock::matchers::path_regex(format!(
+            r"^{HOOK}/deliveries/\d+/attempts$"
+        )))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(&github)
+        .await;
+    // One page and one redelivery per round; and a configured hook that is gone (404).
+    let settings = format!(
+        "[sources.github]\ntoken = 'ghp-test-token'\napi_url = '{}'\nhooks = [{{ org = 'gone-org', id = 99 }}]\n\
+         [reconcile]\ninterval_secs = 3600\nsettle_secs = 0\nmax_pages = 1\nmax_redeliveries = 1\n",
+        github.uri()
+    );
+    let app = spawn_app_with(&settings, None).await;
+    assert_eq!(
+        app.post_github(
+            "pull_request",
+            "d1a5e1d0-3000-11f0-8000-000000000000",
+            &pr_opened()
+        )
+        .await
+        .status(),
+        202
+    );
+    let mut requested = 0;
+    for round in 0..6 {
+        let r = reconcile_now(&app).await;
+        requested += r["github"]["requested"].as_u64().unwrap();
+        if round == 0 {
+            assert!(
+                r["github"]["error"].as_str().unwrap().contains("hook 99"),
+                "{r}"
+            );
+        }
+    }
+    assert_eq!(requested, 4);
+    for id in [3001, 3002, 3003, 3004] {
+        assert_eq!(redelivery_requests(&github, id).await, 1, "delivery {id}");
+    }
+    let report = app.get_json("/deliveries/report").await;
+    let hooks = report["sources"]["github"]["reconciliation"]["hooks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let good = hooks.iter().find(|h| h["id"] == 4242).unwrap();
+    assert_eq!(good["checked_through_delivery"], 3004, "{report}");
+    assert_eq!(good["catching_up"], false, "{report}");
+    let gone = hooks.iter().find(|h| h["id"] == 99).unwrap();
+    assert!(gone["error"].as_str().unwrap().contains("404"), "{report}");
+    app.stop().await;
 }
