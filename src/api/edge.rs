@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 
 use super::{ApiError, AppState};
 use crate::auth::{Identity, SESSION_COOKIE};
-use crate::domain::host_of_authority;
+use crate::domain::{host_of_authority, Source};
 
 /// Which part of the surface a path belongs to, for authentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +139,18 @@ pub async fn guard<B: MessageBody + 'static>(
     };
     let path = req.path().to_owned();
     let area = area(&path);
+    // A webhook refused here is counted in the receipt ledger like one its handler refuses.
+    let webhook = (area == Area::Webhook)
+        .then(|| path.strip_prefix("/webhooks/")?.parse::<Source>().ok())
+        .flatten();
+    let refuse = |req: ServiceRequest, err: ApiError| {
+        if let Some(source) = webhook {
+            let ledger = state.reconcile.ledger();
+            ledger.received(source);
+            ledger.rejected(source, err.reason());
+        }
+        refuse(req, err)
+    };
 
     if !host_exempt(&path) {
         if let Some(allowed) = &state.allowed_hosts {

@@ -169,13 +169,22 @@ async fn a_missed_github_delivery_is_redelivered_once_and_lands_marked_recovered
         )
         .await;
     assert_eq!(r.status(), 401);
+    // So is one the edge refuses before any handler runs.
+    let r = app
+        .post_webhook("github", b"x", &[("Content-Encoding", "gzip".to_owned())])
+        .await;
+    assert_eq!(r.status(), 415);
 
     let report = app.get_json("/deliveries/report").await;
     let gh = &report["sources"]["github"];
-    assert_eq!(gh["received"], 3, "{report}");
+    assert_eq!(gh["received"], 4, "{report}");
     assert_eq!(gh["stored"], 2, "{report}");
-    assert_eq!(gh["rejected"], 1, "{report}");
+    assert_eq!(gh["rejected"], 2, "{report}");
     assert_eq!(gh["rejected_by_reason"]["invalid_signature"], 1, "{report}");
+    assert_eq!(
+        gh["rejected_by_reason"]["unsupported_encoding"], 1,
+        "{report}"
+    );
     assert_eq!(gh["recovered"], 1, "{report}");
     assert_eq!(gh["missing"], 0, "{report}");
     assert_eq!(gh["reconciliation"]["enabled"], true);
