@@ -98,6 +98,17 @@ async fn handle(
             metrics::counter!("incidentpost_events_stored_total", "source" => label)
                 .increment(event_count as u64);
             state.reconcile.ledger().stored(source);
+            if source == Source::Github && state.reconcile.is_new_github_hook(&headers) {
+                // Only a stored delivery records its hook: the header is not signed, so a
+                // replay under other hook ids (a duplicate) records nothing.
+                let reconcile = state.reconcile.clone();
+                let (headers, body) = (headers.clone(), body.clone());
+                super::blocking(move || {
+                    reconcile.saw_github_hook(&headers, &body);
+                    Ok::<_, ApiError>(())
+                })
+                .await?;
+            }
             tracing::info!(source = label, events = event_count, incidents = ?incident_ids, "webhook stored");
             HttpResponse::Accepted().json(json!({
                 "status": "stored",
@@ -131,8 +142,7 @@ async fn handle(
     })
 }
 
-/// With GitHub reconciliation on: remembers the hook a verified delivery came from (so
-/// its delivery log is read), and marks the events of a redelivery we asked for as
+/// With GitHub reconciliation on: marks the events of a redelivery we asked for as
 /// recovered. True when it is one.
 async fn mark_github_redelivery(
     state: &AppState,
@@ -152,14 +162,11 @@ async fn mark_github_redelivery(
         .to_owned();
     let reconcile = state.reconcile.clone();
     let (headers, body) = (headers.clone(), body.clone());
-    let asked = super::blocking(move || {
-        reconcile.saw_github_hook(&headers, &body);
-        if hook.is_empty() || guid.is_empty() {
-            return Ok(false);
-        }
-        reconcile.is_redelivery(&hook, &guid)
-    })
-    .await?;
+    if hook.is_empty() || guid.is_empty() {
+        return Ok(false);
+    }
+    let _ = (headers, body);
+    let asked = super::blocking(move || reconcile.is_redelivery(&hook, &guid)).await?;
     if asked {
         for event in events {
             event.attrs.insert(

@@ -36,6 +36,10 @@ const MISSING_PREFIX: &str = "reconcile:github:missing:";
 const REPORT_MISSING: usize = 50;
 /// The largest delivery-log page read.
 const MAX_PAGE_BYTES: usize = 8 << 20;
+/// Delivery ids are JSON numbers: none is at or beyond 2^53.
+const MAX_DELIVERY_ID: u64 = 1 << 53;
+/// Hooks recorded from deliveries at most (each costs calls every round).
+const MAX_SEEN_HOOKS: usize = 200;
 /// What redelivered events say they came from.
 pub const RECOVERED_FROM_LOG: &str = "github_redelivery";
 /// A redelivery that has not landed this long after it was asked for is given up.
@@ -84,8 +88,6 @@ pub struct GithubReconciler {
     /// Deliveries older than this are not looked at: their keys may have been pruned
     /// (`storage.delivery_retention_days`), and GitHub keeps about three days anyway.
     lookback: chrono::Duration,
-    /// Hooks this process already recorded.
-    seen: Mutex<HashSet<u64>>,
 }
 
 impl GithubReconciler {
@@ -107,14 +109,32 @@ impl GithubReconciler {
             .build()?;
         Ok(GithubReconciler {
             client,
-            shared: Arc::new(Shared { store, configured }),
+            shared: Arc::new(Shared {
+                store,
+                configured,
+                seen: Mutex::new(HashSet::new()),
+            }),
             max_redeliveries: settings.max_redeliveries,
             max_pages: settings.max_pages,
             settle: chrono::Duration::seconds(settings.settle_secs as i64),
             lookback: (delivery_retention - chrono::Duration::hours(1))
                 .clamp(chrono::Duration::hours(1), chrono::Duration::days(3)),
-            seen: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// True when this delivery's hook is not recorded by this process yet.
+    pub fn is_new_hook(&self, headers: &Headers) -> bool {
+        headers
+            .get("X-GitHub-Hook-ID")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|id| {
+                !self
+                    .shared
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&id)
+            })
     }
 
     /// Records the hook of a verified delivery (its repository or organization comes
@@ -126,13 +146,15 @@ impl GithubReconciler {
         else {
             return;
         };
-        if self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&id)
         {
-            return;
+            let seen = self.shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.contains(&id) {
+                return;
+            }
+            if seen.len() >= MAX_SEEN_HOOKS {
+                tracing::warn!(hook = id, "more GitHub hooks seen than are reconciled ({MAX_SEEN_HOOKS}); list it in sources.github.hooks");
+                return;
+            }
         }
         let target = headers
             .get("X-GitHub-Hook-Installation-Target-Type")
@@ -171,7 +193,8 @@ impl GithubReconciler {
             .put_cache(&format!("{HOOK_PREFIX}{id}"), &raw)
         {
             Ok(()) => {
-                self.seen
+                self.shared
+                    .seen
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id);
@@ -295,7 +318,10 @@ impl GithubReconciler {
             .await?;
         let mut summary = RoundSummary::default();
         if let Some(until) = state.backoff_until.filter(|u| *u > now) {
-            summary.skipped = Some(format!("rate limited by GitHub until {until}"));
+            summary.skipped = Some(format!(
+                "backing off until {until} ({})",
+                state.last_error.as_deref().unwrap_or("rate limited")
+            ));
             return Ok(summary);
         }
         // Redeliveries asked for earlier: landed (recovered) or given up (missing).
@@ -337,12 +363,25 @@ impl GithubReconciler {
         let mut budget = self.max_redeliveries;
         let mut complete = true;
         let mut failed = false;
+        let deadline = tokio::time::Instant::now() + super::ROUND_DEADLINE;
         let hooks = self.sync(Shared::hooks).await?;
         let mut refused = 0;
         let total = hooks.len();
         for hook in hooks {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!("GitHub reconciliation round out of time; the next round goes on");
+                complete = false;
+                break;
+            }
             let result = self
-                .check_hook(&hook, &mut budget, &asked_guids, now, &mut summary)
+                .check_hook(
+                    &hook,
+                    &mut budget,
+                    &asked_guids,
+                    now,
+                    deadline,
+                    &mut summary,
+                )
                 .await;
             let error = match &result {
                 Ok(_) | Err(CallError::RateLimited(_)) | Err(CallError::Store(_)) => None,
@@ -431,6 +470,7 @@ impl GithubReconciler {
         budget: &mut usize,
         asked: &HashSet<(u64, String)>,
         now: DateTime<Utc>,
+        deadline: tokio::time::Instant,
         summary: &mut RoundSummary,
     ) -> Result<bool, CallError> {
         let path = hook
@@ -459,7 +499,7 @@ impl GithubReconciler {
             if reached {
                 break;
             }
-            if pages >= self.max_pages {
+            if pages >= self.max_pages || tokio::time::Instant::now() > deadline {
                 after_last = link;
                 break;
             }
@@ -498,7 +538,7 @@ impl GithubReconciler {
                     self.sync(move |s| s.stored(id, &guid)).await?
                 };
             if !skip {
-                if *budget == 0 {
+                if *budget == 0 || tokio::time::Instant::now() > deadline {
                     out_of_budget = true;
                     break;
                 }
@@ -650,19 +690,8 @@ impl GithubReconciler {
             .headers()
             .get("link")
             .and_then(|v| v.to_str().ok())
-            .and_then(next_link);
-        let body = tokio::time::timeout(
-            Duration::from_secs(15),
-            self.client.body_to_string(response),
-        )
-        .await
-        .map_err(|_| CallError::Failed("reading the delivery list timed out".into()))?
-        .map_err(|e| CallError::Failed(format!("reading the delivery list: {e}")))?;
-        if body.len() > MAX_PAGE_BYTES {
-            return Err(CallError::Failed(format!(
-                "a delivery-list page is larger than {MAX_PAGE_BYTES} bytes"
-            )));
-        }
+            .and_then(next_link)
+            .filter(|next| next_within(next, url));
         match status {
             200 => {}
             401 | 403 => {
@@ -676,15 +705,30 @@ impl GithubReconciler {
                         .into(),
                 ))
             }
-            _ => {
-                return Err(CallError::Failed(format!(
-                    "GitHub answered {status}: {}",
-                    crate::sources::truncate(&body, 200)
-                )))
-            }
+            // The body is not quoted: an echoing proxy could put the token in it.
+            _ => return Err(CallError::Failed(format!("GitHub answered {status}"))),
         }
-        let items: Vec<Delivery> = serde_json::from_str(&body)
+        let body = tokio::time::timeout(
+            Duration::from_secs(15),
+            read_capped(response.into_body(), MAX_PAGE_BYTES),
+        )
+        .await
+        .map_err(|_| CallError::Failed("reading the delivery list timed out".into()))??;
+        let items: Vec<Delivery> = serde_json::from_slice(&body)
             .map_err(|e| CallError::Failed(format!("the delivery list did not parse: {e}")))?;
+        // Entries no real log has are ignored: a future time would hold the cursor back
+        // for ever, an id beyond JSON's exact integers would move it past everything.
+        let latest = now + chrono::Duration::minutes(5);
+        let items = items
+            .into_iter()
+            .filter(|d| {
+                d.id > 0
+                    && d.id < MAX_DELIVERY_ID
+                    && d.delivered_at <= latest
+                    && !d.guid.trim().is_empty()
+                    && d.guid.len() <= 100
+            })
+            .collect();
         Ok((items, next))
     }
 }
@@ -713,6 +757,8 @@ struct Gap {
 struct Shared {
     store: Arc<dyn Store>,
     configured: Vec<GithubHook>,
+    /// Hooks this process already recorded.
+    seen: Mutex<HashSet<u64>>,
 }
 
 impl Shared {
@@ -785,7 +831,13 @@ impl Shared {
             None => self.store.forget_cursor(&key),
             Some((_, true)) if !configured => {
                 self.store.forget_cursor(&key)?;
-                self.store.forget_cursor(&format!("{HOOK_PREFIX}{hook}"))
+                self.store.forget_cursor(&format!("{HOOK_PREFIX}{hook}"))?;
+                // Its next delivery records it again.
+                self.seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&hook);
+                Ok(())
             }
             Some((e, _)) => self.store.put_cache(&key, &e),
         }
@@ -823,6 +875,36 @@ fn rate_limited<'a>(
     let spent = header("x-ratelimit-remaining").is_some_and(|v| v.trim() == "0");
     let limited = status == 429 || (status == 403 && (spent || header("retry-after").is_some()));
     limited.then(|| retry_at(header("retry-after"), header("x-ratelimit-reset"), now))
+}
+
+/// Reads a body up to `cap` bytes; a bigger one is refused as it streams in.
+async fn read_capped<B>(mut body: B, cap: usize) -> Result<Vec<u8>, CallError>
+where
+    B: http_body::Body + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| CallError::Failed(format!("reading an answer: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.remaining() > cap {
+                return Err(CallError::Failed(format!(
+                    "an answer is larger than {cap} bytes"
+                )));
+            }
+            use bytes::Buf;
+            out.extend_from_slice(data.chunk());
+        }
+    }
+    Ok(out)
+}
+
+/// A next-page link stays on the same list: the path of the page it came from, without
+/// `..` segments.
+fn next_within(next: &str, current: &str) -> bool {
+    let path = |u: &str| u.split('?').next().unwrap_or("").to_owned();
+    path(next) == path(current) && !next.contains("/../") && !next.contains("/./")
 }
 
 /// The path and query of the `rel="next"` link (the host is always the configured API).

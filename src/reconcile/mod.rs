@@ -209,6 +209,10 @@ pub struct Reconcile {
     run_queue: Mutex<Option<mpsc::Receiver<RunRequest>>>,
 }
 
+/// One source's round stops after this long (each call has its own timeout too); the
+/// next round goes on.
+const ROUND_DEADLINE: Duration = Duration::from_secs(60);
+
 /// How long after a redelivery was asked for a final render still waits for it.
 const REDELIVERY_WAIT_SECS: i64 = 120;
 
@@ -270,6 +274,14 @@ impl Reconcile {
         if let Some(gh) = &self.github {
             gh.saw_hook(headers, body);
         }
+    }
+
+    /// True when GitHub is reconciled and this delivery's hook is not recorded yet (in
+    /// memory: no store read).
+    pub fn is_new_github_hook(&self, headers: &crate::sources::Headers) -> bool {
+        self.github
+            .as_ref()
+            .is_some_and(|gh| gh.is_new_hook(headers))
     }
 
     /// True when a GitHub delivery is one of the redeliveries we asked for.
@@ -532,9 +544,18 @@ pub fn spawn(
                 }
                 asked = runs.recv() => match asked {
                     Some(reply) => {
+                        // Requests that came meanwhile share this round.
+                        let mut replies = vec![reply];
+                        while let Ok(more) = runs.try_recv() {
+                            replies.push(more);
+                        }
                         tokio::select! {
                             _ = stop.cancelled() => break,
-                            summary = reconcile.round() => { let _ = reply.send(summary); }
+                            summary = reconcile.round() => {
+                                for reply in replies {
+                                    let _ = reply.send(summary.clone());
+                                }
+                            }
                         }
                     }
                     None => break,

@@ -22,7 +22,12 @@ use crate::store::{Store, StoreError};
 
 const FINAL_PREFIX: &str = "reconcile:pagerduty:final:";
 /// Notes of one incident looked at per check at most.
-const MAX_NOTES: usize = 500;
+const MAX_NOTES: usize = 2000;
+/// Missed notes one check adds at most.
+const MAX_NEW_NOTES: usize = 100;
+/// A recovered note's text is cut to this many characters (a webhook could not carry more
+/// than `server.max_body_bytes` either).
+const MAX_NOTE_CHARS: usize = 16 * 1024;
 
 /// The notes an incident already has.
 #[derive(Default)]
@@ -60,6 +65,8 @@ impl PagerDutyReconciler {
         grace: chrono::Duration,
     ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
+            // An answer is PagerDuty's or nothing: a redirect elsewhere is not followed.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
             .build()?;
@@ -153,7 +160,16 @@ impl PagerDutyReconciler {
         let complete = todo.len() <= MAX_INCIDENTS_PER_ROUND;
         todo.truncate(MAX_INCIDENTS_PER_ROUND);
         let mut failed = false;
+        let mut complete = complete;
+        let deadline = tokio::time::Instant::now() + super::ROUND_DEADLINE;
         for (_, _, incident) in todo {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(
+                    "PagerDuty reconciliation round out of time; the next round goes on"
+                );
+                complete = false;
+                break;
+            }
             match self.check(&incident).await {
                 Ok(n) => {
                     summary.checked += 1;
@@ -304,6 +320,10 @@ impl PagerDutyReconciler {
         let incident = &incident;
         let mut submissions = Vec::new();
         for note in notes.iter().take(MAX_NOTES) {
+            if submissions.len() >= MAX_NEW_NOTES {
+                tracing::warn!(incident = %id, "more missed notes than one check adds ({MAX_NEW_NOTES}); the next check goes on");
+                break;
+            }
             if let Some(sub) = self
                 .missed_note(incident, &remote, note, &known, now)
                 .await?
@@ -384,7 +404,7 @@ impl PagerDutyReconciler {
                 "html_url": remote.get("html_url"),
             },
             "id": note_id,
-            "content": note.get("content"),
+            "content": crate::sources::truncate(text, MAX_NOTE_CHARS),
             "type": "incident_note",
         });
         let normalized = crate::sources::pagerduty::normalize_recovered(
@@ -517,6 +537,12 @@ fn recovered_submission(
     if normalized.events.is_empty() {
         return None;
     }
+    // The times a webhook may carry, no others: a resolve dated 9999 would keep the
+    // incident in its grace window for ever.
+    if let Err(e) = crate::sources::check_times(&normalized, Utc::now()) {
+        tracing::warn!(incident = %incident, ?status, error = %e, "a PagerDuty API answer has an impossible time; skipped");
+        return None;
+    }
     for event in &mut normalized.events {
         event
             .attrs
@@ -570,14 +596,19 @@ impl PagerDutyReconciler {
             }
             _ => return Err(CallError::Failed(format!("PagerDuty answered {status}"))),
         }
-        let bytes = response
-            .bytes()
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| CallError::Failed(format!("reading PagerDuty's answer: {e}")))?;
-        if bytes.len() > MAX_ANSWER_BYTES {
-            return Err(CallError::Failed(format!(
-                "PagerDuty's answer is larger than {MAX_ANSWER_BYTES} bytes"
-            )));
+            .map_err(|e| CallError::Failed(format!("reading PagerDuty's answer: {e}")))?
+        {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(CallError::Failed(format!(
+                    "PagerDuty's answer is larger than {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
         }
         let body = serde_json::from_slice::<Value>(&bytes)
             .map_err(|e| CallError::Failed(format!("PagerDuty's answer did not parse: {e}")))?;

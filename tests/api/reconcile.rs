@@ -696,3 +696,120 @@ async fn a_long_log_is_checked_over_rounds_within_the_bounds_and_a_gone_hook_doe
     assert!(gone["error"].as_str().unwrap().contains("404"), "{report}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_hostile_pagerduty_answer_changes_nothing() {
+    let pd = MockServer::start().await;
+    // An impossible resolve time; another incident's id; a redirect elsewhere.
+    let mut far = pd_incident("PHOST1", "resolved");
+    far["incident"]["resolved_at"] = json!("9999-12-31T00:00:00Z");
+    far["incident"]["last_status_change_at"] = json!("9999-12-31T00:00:00Z");
+    far["incident"]["id"] = json!("PHOST2");
+    far["incident"]["acknowledgements"] = json!([]);
+    Mock::given(method("GET"))
+        .and(path("/incidents/PHOST1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(far))
+        .mount(&pd)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/incidents/PHOST2"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("{}/elsewhere", pd.uri()).as_str()),
+        )
+        .mount(&pd)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/elsewhere"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(pd_incident("PHOST2", "resolved")))
+        .mount(&pd)
+        .await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path_regex(
+            r"^/incidents/PHOST\d/notes$",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"notes": []})))
+        .mount(&pd)
+        .await;
+    let app = spawn_app_with(&pagerduty_settings(&pd), None).await;
+    for (id, event) in [("PHOST1", "evt-host-1"), ("PHOST2", "evt-host-2")] {
+        let trigger = pd_v3("incident.triggered", id, event, &at_offset(-20));
+        assert_eq!(app.post_pagerduty(&trigger).await.status(), 202);
+    }
+    let round = reconcile_now(&app).await;
+    assert_eq!(round["pagerduty"]["recovered"], 0, "{round}");
+    for id in ["PHOST1", "PHOST2"] {
+        let incident = app.get_json(&format!("/incidents/{id}")).await;
+        assert_eq!(incident["status"], "triggered", "{incident}");
+        assert_eq!(app.events(id).await.len(), 1);
+    }
+    let elsewhere = pd
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/elsewhere")
+        .count();
+    assert_eq!(elsewhere, 0, "a redirect is not followed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn odd_log_entries_do_not_hold_the_cursor_and_replays_register_no_hooks() {
+    let missed = "d1a5e1d0-4002-11f0-8000-000000000000";
+    let mut future = logged(4003, "d1a5e1d0-4003-11f0-8000-000000000000", "push", 0, 2);
+    future["delivered_at"] = json!("9999-01-01T00:00:00Z");
+    let huge = logged(
+        u64::MAX,
+        "d1a5e1d0-4009-11f0-8000-000000000000",
+        "push",
+        202,
+        1,
+    );
+    let github = github_double(vec![huge, future, logged(4002, missed, "push", 0, 3)]).await;
+    let app = spawn_app_with(&github_settings(&github), None).await;
+    let body = pr_opened();
+    assert_eq!(
+        app.post_github(
+            "pull_request",
+            "d1a5e1d0-4001-11f0-8000-000000000000",
+            &body
+        )
+        .await
+        .status(),
+        202
+    );
+    // The same signed body under another hook id: a duplicate, and no new hook.
+    let sig = format!(
+        "sha256={}",
+        incidentpost::sources::signature::hmac_sha256_hex(GH_SECRET.as_bytes(), &[&body[..]])
+    );
+    let r = app
+        .post_webhook(
+            "github",
+            &body,
+            &[
+                ("X-GitHub-Event", "pull_request".to_owned()),
+                (
+                    "X-GitHub-Delivery",
+                    "d1a5e1d0-4001-11f0-8000-000000000000".to_owned(),
+                ),
+                ("X-GitHub-Hook-ID", "999001".to_owned()),
+                ("X-Hub-Signature-256", sig),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let round = reconcile_now(&app).await;
+    assert_eq!(round["github"]["requested"], 1, "{round}");
+    assert_eq!(redelivery_requests(&github, 4002).await, 1);
+    assert_eq!(redelivery_requests(&github, 4003).await, 0);
+    let report = app.get_json("/deliveries/report").await;
+    let hooks = report["sources"]["github"]["reconciliation"]["hooks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(hooks.len(), 1, "{report}");
+    assert_eq!(hooks[0]["checked_through_delivery"], 4002, "{report}");
+    app.stop().await;
+}
