@@ -409,6 +409,18 @@ async fn a_missed_pagerduty_resolve_closes_the_incident_and_renders_the_pack() {
         "{md}"
     );
     assert!(!md.contains("DRAFT"), "{md}");
+    // The incident page says it too.
+    let page = app
+        .get(&format!("/ui/incidents/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Gap recovered"), "{page}");
+    assert!(
+        page.contains("2 PagerDuty updates (status changes and notes) were missed and recovered"),
+        "{page}"
+    );
 
     // The resolve's webhook arrives late: a duplicate of the recovered change.
     let late = pd_v3("incident.resolved", id, "evt-recov-late", &at_offset(-1));
