@@ -328,6 +328,38 @@ struct IncidentFile<'a> {
 
 const GENERATOR: &str = concat!("incidentpost ", env!("CARGO_PKG_VERSION"));
 
+/// `timeline.svg`, `incident.json` and `events.ndjson`.
+fn data_files(
+    incident: &Incident,
+    facts: &Facts,
+    events: &[Event],
+    roster: &crate::people::Roster,
+) -> [Vec<u8>; 3] {
+    let svg = svg::render(facts, events, roster).into_bytes();
+    let mut record = serde_json::to_value(incident).unwrap_or(Value::Null);
+    if let Some(o) = record.as_object_mut() {
+        o.remove("updated_at");
+        o.remove("next_seq");
+    }
+    let incident_file = IncidentFile {
+        incident: record,
+        facts,
+        generator: GENERATOR,
+    };
+    let incident_json = serde_json::to_vec_pretty(&incident_file).unwrap_or_default();
+    // Written straight into one buffer: no allocation per event.
+    let mut ndjson = Vec::with_capacity(events.len() * 512);
+    for e in events {
+        let mark = ndjson.len();
+        if serde_json::to_writer(&mut ndjson, e).is_ok() {
+            ndjson.push(b'\n');
+        } else {
+            ndjson.truncate(mark);
+        }
+    }
+    [svg, incident_json, ndjson]
+}
+
 /// Renders the whole pack of an incident from its events.
 pub fn render_pack(
     templates: &Templates,
@@ -344,11 +376,18 @@ pub fn render_pack_with(
     events: &[Event],
     known: &Known,
 ) -> Result<Pack, RenderError> {
-    let mut events: Vec<Event> = events.to_vec();
-    events.sort_by_key(|e| e.occurred_at);
-    let roster = known.people.roster(&events);
-    let facts = facts::facts_with(incident, &events, &known.prs, &roster);
-    let view = view::build(&facts, &events);
+    // Time order; the renderer passes them sorted already (no copy then).
+    let events: std::borrow::Cow<[Event]> = if events.is_sorted_by_key(|e| e.occurred_at) {
+        std::borrow::Cow::Borrowed(events)
+    } else {
+        let mut sorted = events.to_vec();
+        sorted.sort_by_key(|e| e.occurred_at);
+        std::borrow::Cow::Owned(sorted)
+    };
+    let events: &[Event] = &events;
+    let roster = known.people.roster(events);
+    let facts = facts::facts_with(incident, events, &known.prs, &roster);
+    let view = view::build(&facts, events);
     let redactor = &templates.redactor;
     let reg = &templates.registry;
 
@@ -369,37 +408,15 @@ pub fn render_pack_with(
         .redact(&reg.render("hn-post.txt", &public)?)
         .into_owned();
     let thread = number_posts(&redactor.redact(&reg.render("twitter-thread.txt", &public)?));
+    let [svg, incident_json, ndjson] = data_files(incident, &facts, events, &roster);
     let mut files: Vec<(String, Vec<u8>)> = vec![
         ("postmortem.md".into(), md.into_bytes()),
-        (
-            "timeline.svg".into(),
-            svg::render(&facts, &events, &roster).into_bytes(),
-        ),
+        ("timeline.svg".into(), svg),
         ("hn-post.txt".into(), hn.into_bytes()),
         ("twitter-thread.txt".into(), thread.into_bytes()),
+        ("incident.json".into(), incident_json),
+        ("events.ndjson".into(), ndjson),
     ];
-    let mut record = serde_json::to_value(incident).unwrap_or(Value::Null);
-    if let Some(o) = record.as_object_mut() {
-        o.remove("updated_at");
-        o.remove("next_seq");
-    }
-    let incident_file = IncidentFile {
-        incident: record,
-        facts: &facts,
-        generator: GENERATOR,
-    };
-    files.push((
-        "incident.json".into(),
-        serde_json::to_vec_pretty(&incident_file).unwrap_or_default(),
-    ));
-    let mut ndjson = Vec::new();
-    for e in &events {
-        if let Ok(line) = serde_json::to_vec(e) {
-            ndjson.extend_from_slice(&line);
-            ndjson.push(b'\n');
-        }
-    }
-    files.push(("events.ndjson".into(), ndjson));
     let manifest = json!({
         "generator": GENERATOR,
         "incident_id": incident.id,
