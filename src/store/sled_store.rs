@@ -1082,7 +1082,7 @@ mod tests {
     #[test]
     fn events_of_one_incident_do_not_leak_into_an_id_that_extends_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 500, 1 << 20).unwrap();
+        let store = reopen(dir.path());
         store
             .write(&mut |tx| {
                 tx.put_incident(&incident("AB", IncidentStatus::Triggered))?;
@@ -1100,7 +1100,7 @@ mod tests {
     #[test]
     fn open_index_follows_status_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 500, 1 << 20).unwrap();
+        let store = reopen(dir.path());
         store
             .write(&mut |tx| tx.put_incident(&incident("A", IncidentStatus::Triggered)))
             .unwrap();
@@ -1114,7 +1114,7 @@ mod tests {
     #[test]
     fn an_aborted_unit_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 500, 1 << 20).unwrap();
+        let store = reopen(dir.path());
         let err = store
             .write(&mut |tx| {
                 tx.put_incident(&incident("A", IncidentStatus::Triggered))?;
@@ -1129,7 +1129,7 @@ mod tests {
     fn a_schema_1_data_dir_is_upgraded_in_place_with_its_indexes_built() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path(), 500, 1 << 20).unwrap();
+            let store = reopen(dir.path());
             let mut stream = event("A");
             stream.incident_id = None;
             store
@@ -1147,7 +1147,7 @@ mod tests {
             store.meta.insert(META_SCHEMA, &1u32.to_be_bytes()).unwrap();
             store.flush().unwrap();
         }
-        let store = SledStore::open(dir.path(), 500, 1 << 20).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.incident_count().unwrap(), 2);
         assert_eq!(store.open_incident_count().unwrap(), 1);
         let page = store.incidents_page(None, 10, 100, &|_| true).unwrap();
@@ -1164,16 +1164,31 @@ mod tests {
         assert_eq!(store.stream_page(None, 10).unwrap().items.len(), 1);
         assert!(store.meta.get(META_OPEN_V1).unwrap().is_none());
         drop(store);
-        // Opened again: already schema 2, nothing to do.
-        let store = SledStore::open(dir.path(), 500, 1 << 20).unwrap();
+        // Opened again: already schema 2, nothing to do. (sled's flusher thread may hold
+        // the directory lock a moment after the drop.)
+        let store = reopen(dir.path());
         assert_eq!(store.incident_count().unwrap(), 2);
+    }
+
+    /// Opens a directory just closed, waiting for sled to let go of its lock.
+    fn reopen(path: &std::path::Path) -> SledStore {
+        for _ in 0..100 {
+            match SledStore::open(path, 500, 1 << 20) {
+                Ok(store) => return store,
+                Err(e) if e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopening: {e}"),
+            }
+        }
+        panic!("the directory stayed locked for 2 s")
     }
 
     #[test]
     fn a_data_dir_from_another_schema_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path(), 500, 1 << 20).unwrap();
+            let store = reopen(dir.path());
             store
                 .meta
                 .insert(META_SCHEMA, &99u32.to_be_bytes())
@@ -1193,7 +1208,7 @@ mod tests {
     #[test]
     fn old_deliveries_are_pruned_and_recent_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 500, 1 << 20).unwrap();
+        let store = reopen(dir.path());
         let now = Utc::now();
         store
             .write(&mut |tx| {
