@@ -73,7 +73,7 @@ async fn handle(
         return Ok(HttpResponse::Ok().json(reply));
     }
     let redelivered = if source == Source::Github && state.reconcile.reconciles_github() {
-        mark_github_redelivery(state, &headers, &body, &mut normalized.events).await?
+        mark_github_redelivery(state, &headers, &mut normalized.events).await?
     } else {
         false
     };
@@ -121,19 +121,9 @@ async fn handle(
             metrics::counter!("incidentpost_webhook_duplicates_total", "source" => label)
                 .increment(1);
             state.reconcile.ledger().duplicate(source);
-            if redelivered {
+            if let (true, Some((hook, guid))) = (redelivered, github_delivery(&headers)) {
                 // The same delivery through another hook was stored: this one is here.
                 let reconcile = state.reconcile.clone();
-                let hook = headers
-                    .get("X-GitHub-Hook-ID")
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned();
-                let guid = headers
-                    .get("X-GitHub-Delivery")
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned();
                 super::blocking(move || reconcile.redelivery_arrived(&hook, &guid)).await?;
             }
             tracing::info!(source = label, "duplicate delivery; nothing stored");
@@ -147,25 +137,12 @@ async fn handle(
 async fn mark_github_redelivery(
     state: &AppState,
     headers: &Headers,
-    body: &web::Bytes,
     events: &mut [crate::domain::Event],
 ) -> Result<bool, ApiError> {
-    let hook = headers
-        .get("X-GitHub-Hook-ID")
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    let guid = headers
-        .get("X-GitHub-Delivery")
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    let reconcile = state.reconcile.clone();
-    let (headers, body) = (headers.clone(), body.clone());
-    if hook.is_empty() || guid.is_empty() {
+    let Some((hook, guid)) = github_delivery(headers) else {
         return Ok(false);
-    }
-    let _ = (headers, body);
+    };
+    let reconcile = state.reconcile.clone();
     let asked = super::blocking(move || reconcile.is_redelivery(&hook, &guid)).await?;
     if asked {
         for event in events {
@@ -176,4 +153,16 @@ async fn mark_github_redelivery(
         }
     }
     Ok(asked)
+}
+
+/// The hook id and delivery GUID of a GitHub delivery, when it has both.
+fn github_delivery(headers: &Headers) -> Option<(String, String)> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    Some((get("X-GitHub-Hook-ID")?, get("X-GitHub-Delivery")?))
 }
