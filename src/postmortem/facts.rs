@@ -498,15 +498,19 @@ pub fn shown_title(e: &Event, roster: &Roster) -> String {
 
 /// Like [`facts`], with GitHub's details of the pull requests behind the changes and the
 /// people behind the actors.
-pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex, roster: &Roster) -> Facts {
-    // Time order; the renderer passes them sorted already (no copy then).
-    let events: std::borrow::Cow<[Event]> = if events.is_sorted_by_key(|e| e.occurred_at) {
+/// The events in time order; the renderer passes them sorted already (no copy then).
+pub(crate) fn by_time(events: &[Event]) -> std::borrow::Cow<'_, [Event]> {
+    if events.is_sorted_by_key(|e| e.occurred_at) {
         std::borrow::Cow::Borrowed(events)
     } else {
         let mut sorted = events.to_vec();
         sorted.sort_by_key(|e| e.occurred_at);
         std::borrow::Cow::Owned(sorted)
-    };
+    }
+}
+
+pub fn facts_with(incident: &Incident, events: &[Event], prs: &PrIndex, roster: &Roster) -> Facts {
+    let events = by_time(events);
     let events: &[Event] = &events;
 
     let first = |k: EventKind| events.iter().find(|e| e.kind == k);

@@ -376,14 +376,7 @@ pub fn render_pack_with(
     events: &[Event],
     known: &Known,
 ) -> Result<Pack, RenderError> {
-    // Time order; the renderer passes them sorted already (no copy then).
-    let events: std::borrow::Cow<[Event]> = if events.is_sorted_by_key(|e| e.occurred_at) {
-        std::borrow::Cow::Borrowed(events)
-    } else {
-        let mut sorted = events.to_vec();
-        sorted.sort_by_key(|e| e.occurred_at);
-        std::borrow::Cow::Owned(sorted)
-    };
+    let events = facts::by_time(events);
     let events: &[Event] = &events;
     let roster = known.people.roster(events);
     let facts = facts::facts_with(incident, events, &known.prs, &roster);

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{backoff, load_state, retry_at, save_state, CallError, RoundSummary};
+use super::{load_state, retry_at, save_state, CallError, RoundSummary};
 use crate::config::{GithubHook, ReconcileSettings};
 use crate::domain::Source;
 use crate::sources::Headers;
@@ -299,16 +299,7 @@ impl GithubReconciler {
 
     /// One round over every hook, bounded by `max_pages` per hook and `max_redeliveries`.
     pub async fn round(&self) -> RoundSummary {
-        match self.round_inner().await {
-            Ok(summary) => summary,
-            Err(e) => {
-                tracing::warn!(error = %e, "GitHub reconciliation failed");
-                RoundSummary {
-                    error: Some(e.to_string()),
-                    ..Default::default()
-                }
-            }
-        }
+        super::summary_or_failure(self.round_inner().await, Source::Github)
     }
 
     async fn round_inner(&self) -> Result<RoundSummary, StoreError> {
@@ -420,29 +411,22 @@ impl GithubReconciler {
         }
         state.refused = total > 0 && refused == total;
         state.last_error = summary.error.clone();
-        state.last_round_at = Some(now);
         state.checked += summary.checked;
         state.requested += summary.requested;
         let limited = state.backoff_until.is_some_and(|u| u > now);
         if complete {
             state.covered_until = Some(now - self.settle);
-            state.failures = 0;
-            state.last_round = Some("complete".into());
-        } else if failed || limited {
-            state.failures += 1;
-            if state.backoff_until.is_none_or(|u| u <= now) {
-                state.backoff_until = Some(now + backoff(state.failures.saturating_sub(1)));
-            }
-            state.last_round = Some("failed".into());
-        } else {
-            state.last_round = Some("partial".into());
         }
+        state.end_round(
+            Source::Github,
+            now,
+            !complete && (failed || limited),
+            complete,
+        );
         summary.complete = complete;
         summary.missing = self.sync(Shared::missing).await?.len() as u64;
         metrics::gauge!("incidentpost_deliveries_missing", "source" => "github")
             .set(summary.missing as f64);
-        metrics::counter!("incidentpost_reconcile_rounds_total", "source" => "github", "result" => state.last_round.clone().unwrap_or_default())
-            .increment(1);
         self.sync(move |s| {
             save_state(s.store.as_ref(), Source::Github, &state)?;
             s.store.flush()

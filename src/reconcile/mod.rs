@@ -117,6 +117,40 @@ pub struct SourceState {
     pub refused: bool,
 }
 
+impl SourceState {
+    /// Ends a round: counts it, and after a failed one sets the next round's wait (30 s,
+    /// doubling with each failure in a row, unless a rate limit already says longer).
+    fn end_round(&mut self, source: Source, now: DateTime<Utc>, failed: bool, complete: bool) {
+        self.last_round_at = Some(now);
+        let result = if failed {
+            self.failures += 1;
+            if self.backoff_until.is_none_or(|u| u <= now) {
+                self.backoff_until = Some(now + backoff(self.failures.saturating_sub(1)));
+            }
+            "failed"
+        } else if complete {
+            self.failures = 0;
+            "complete"
+        } else {
+            "partial"
+        };
+        self.last_round = Some(result.into());
+        metrics::counter!("incidentpost_reconcile_rounds_total", "source" => source.as_str(), "result" => result)
+            .increment(1);
+    }
+}
+
+/// A round's summary, or the storage failure that stopped it.
+fn summary_or_failure(result: Result<RoundSummary, StoreError>, source: Source) -> RoundSummary {
+    result.unwrap_or_else(|e| {
+        tracing::warn!(source = source.as_str(), error = %e, "reconciliation failed");
+        RoundSummary {
+            error: Some(e.to_string()),
+            ..Default::default()
+        }
+    })
+}
+
 fn state_key(source: Source) -> String {
     format!("reconcile:state:{}", source.as_str())
 }
@@ -349,26 +383,20 @@ impl Reconcile {
         rx.await.ok()
     }
 
+    /// Takes or keeps the reconciler lease; remembers the answer for [`Reconcile::pending`].
     async fn leads(&self) -> bool {
-        let leads = self.check_lease().await;
+        let store = self.store.clone();
+        let leads = tokio::task::spawn_blocking(move || store.lead("reconciler"))
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string()))
+            .and_then(|r| r)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "checking the reconciler lease failed");
+                false
+            });
         self.leading
             .store(leads, std::sync::atomic::Ordering::Relaxed);
         leads
-    }
-
-    async fn check_lease(&self) -> bool {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.lead("reconciler")).await {
-            Ok(Ok(leads)) => leads,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "checking the reconciler lease failed");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "checking the reconciler lease failed");
-                false
-            }
-        }
     }
 
     async fn round(&self) -> Round {
@@ -488,26 +516,17 @@ pub fn spawn(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take()?;
-    if reconcile.github.is_none() && reconcile.pagerduty.is_none() {
-        // Still answer POST /deliveries/reconcile (with "not configured").
-        return Some(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    asked = runs.recv() => match asked {
-                        Some(reply) => { let _ = reply.send(reconcile.round().await); }
-                        None => break,
-                    },
-                }
-            }
-        }));
+    // Without either reconciler only POST /deliveries/reconcile is answered ("not
+    // configured").
+    let configured = reconcile.github.is_some() || reconcile.pagerduty.is_some();
+    if configured {
+        tracing::info!(
+            github = reconcile.github.is_some(),
+            pagerduty = reconcile.pagerduty.is_some(),
+            interval_secs = reconcile.interval.as_secs(),
+            "reconciliation started"
+        );
     }
-    tracing::info!(
-        github = reconcile.github.is_some(),
-        pagerduty = reconcile.pagerduty.is_some(),
-        interval_secs = reconcile.interval.as_secs(),
-        "reconciliation started"
-    );
     Some(tokio::spawn(async move {
         let first = reconcile.interval.min(Duration::from_secs(20));
         let mut every =
@@ -525,7 +544,7 @@ pub fn spawn(
             };
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = every.tick() => {
+                _ = every.tick(), if configured => {
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         summary = reconcile.round() => tracing::debug!(?summary, "reconciliation round"),

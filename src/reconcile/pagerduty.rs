@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::{backoff, load_state, retry_at, save_state, CallError, RoundSummary};
+use super::{load_state, retry_at, save_state, CallError, RoundSummary};
 use crate::domain::{Incident, IncidentId, IncidentStatus, Source, ATTR_RECOVERED};
 use crate::ingest::{Ingest, Receipt, Submission};
 use crate::store::{Store, StoreError};
@@ -111,16 +111,7 @@ impl PagerDutyReconciler {
     /// Every open incident PagerDuty opened, and those resolved within the grace window
     /// not checked since: at most [`MAX_INCIDENTS_PER_ROUND`], least recently read first.
     pub async fn round(&self) -> RoundSummary {
-        match self.round_inner().await {
-            Ok(summary) => summary,
-            Err(e) => {
-                tracing::warn!(error = %e, "PagerDuty reconciliation failed");
-                RoundSummary {
-                    error: Some(e.to_string()),
-                    ..Default::default()
-                }
-            }
-        }
+        super::summary_or_failure(self.round_inner().await, Source::Pagerduty)
     }
 
     async fn round_inner(&self) -> Result<RoundSummary, StoreError> {
@@ -197,25 +188,18 @@ impl PagerDutyReconciler {
                 Err(CallError::Store(e)) => return Err(e),
             }
         }
-        state.last_round_at = Some(now);
         state.checked += summary.checked;
         state.recovered += summary.recovered;
         if failed {
-            state.failures += 1;
-            if state.backoff_until.is_none_or(|u| u <= now) {
-                state.backoff_until = Some(now + backoff(state.failures.saturating_sub(1)));
-            }
             state.last_error = summary.error.clone();
-            state.last_round = Some("failed".into());
         } else {
+            // Every call answered: a partial round (a bound reached) is no failure either.
             state.failures = 0;
             state.refused = false;
             state.last_error = None;
-            state.last_round = Some(if complete { "complete" } else { "partial" }.into());
         }
+        state.end_round(Source::Pagerduty, now, failed, complete);
         summary.complete = complete && !failed;
-        metrics::counter!("incidentpost_reconcile_rounds_total", "source" => "pagerduty", "result" => state.last_round.clone().unwrap_or_default())
-            .increment(1);
         self.blocking(move |s| save_state(s, Source::Pagerduty, &state))
             .await?;
         Ok(summary)
@@ -422,102 +406,79 @@ impl PagerDutyReconciler {
 /// The status changes PagerDuty shows that we never heard of: an acknowledge, a resolve.
 fn missed_changes(incident: &Incident, remote: &Value, now: DateTime<Utc>) -> Vec<Submission> {
     let theirs = remote.get("status").and_then(Value::as_str).unwrap_or("");
-    let text = |k: &str| remote.get(k).and_then(Value::as_str);
-    let time = |v: Option<&str>| v.and_then(crate::sources::time::parse_rfc3339);
-    let changed_at = time(text("last_status_change_at")).unwrap_or(now);
+    let time = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .and_then(crate::sources::time::parse_rfc3339)
+    };
+    let changed_at = time(remote.get("last_status_change_at")).unwrap_or(now);
     let last_ack = remote
         .get("acknowledgements")
         .and_then(Value::as_array)
-        .and_then(|a| a.last())
-        .cloned();
-    let mut out = Vec::new();
-    let acked_here =
-        incident.status != IncidentStatus::Triggered || incident.acknowledged_at.is_some();
-    let ack = |at: DateTime<Utc>, agent: Option<Value>| {
-        let normalized = crate::sources::pagerduty::normalize_recovered(
-            "incident.acknowledged",
-            &format!(
-                "recovered:{}:acknowledged:{}",
-                incident.id, incident.reopen_count
-            ),
-            at,
-            agent,
-            remote.clone(),
-            now,
-        );
-        recovered_submission(
-            normalized,
-            remote,
-            Some(IncidentStatus::Acknowledged),
-            &incident.id,
-        )
-        .map(|mut sub| {
-            let actor = sub.events[0]
-                .attrs
-                .get(crate::domain::ATTR_ACTOR_ID)
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            sub.delivery_keys.push(crate::domain::transition_key(
-                &incident.id,
-                IncidentStatus::Acknowledged,
-                incident.reopen_count,
-                actor.as_deref(),
-            ));
-            sub
-        })
+        .and_then(|a| a.last());
+    let ack_at = || {
+        last_ack
+            .and_then(|a| time(a.get("at")))
+            .unwrap_or(changed_at)
     };
+    let acker = || last_ack.and_then(|a| a.get("acknowledger")).cloned();
+    let change = |status, at, agent| recovered_change(incident, remote, status, at, agent, now);
+    let mut out = Vec::new();
     match theirs {
         "acknowledged" if incident.status == IncidentStatus::Triggered => {
-            let at = last_ack
-                .as_ref()
-                .and_then(|a| time(a.get("at").and_then(Value::as_str)))
-                .unwrap_or(changed_at);
-            let agent = last_ack
-                .as_ref()
-                .and_then(|a| a.get("acknowledger").cloned())
-                .or_else(|| remote.get("last_status_change_by").cloned());
-            out.extend(ack(at, agent));
+            let agent = acker().or_else(|| remote.get("last_status_change_by").cloned());
+            out.extend(change(IncidentStatus::Acknowledged, ack_at(), agent));
         }
         "resolved" if incident.status.is_open() => {
-            if !acked_here {
-                if let Some(a) = &last_ack {
-                    let at = time(a.get("at").and_then(Value::as_str)).unwrap_or(changed_at);
-                    out.extend(ack(at, a.get("acknowledger").cloned()));
-                }
+            let acked_here =
+                incident.status != IncidentStatus::Triggered || incident.acknowledged_at.is_some();
+            if !acked_here && last_ack.is_some() {
+                out.extend(change(IncidentStatus::Acknowledged, ack_at(), acker()));
             }
-            let at = time(text("resolved_at")).unwrap_or(changed_at);
-            let normalized = crate::sources::pagerduty::normalize_recovered(
-                "incident.resolved",
-                &format!(
-                    "recovered:{}:resolved:{}",
-                    incident.id, incident.reopen_count
-                ),
-                at,
-                remote.get("last_status_change_by").cloned(),
-                remote.clone(),
-                now,
-            );
-            out.extend(
-                recovered_submission(
-                    normalized,
-                    remote,
-                    Some(IncidentStatus::Resolved),
-                    &incident.id,
-                )
-                .map(|mut sub| {
-                    sub.delivery_keys.push(crate::domain::transition_key(
-                        &incident.id,
-                        IncidentStatus::Resolved,
-                        incident.reopen_count,
-                        None,
-                    ));
-                    sub
-                }),
-            );
+            let at = time(remote.get("resolved_at")).unwrap_or(changed_at);
+            let agent = remote.get("last_status_change_by").cloned();
+            out.extend(change(IncidentStatus::Resolved, at, agent));
         }
         _ => {}
     }
     out
+}
+
+/// One recovered status change, as its webhook would have brought it, stored also under
+/// the key its late webhook shares ([`crate::domain::transition_key`]).
+fn recovered_change(
+    incident: &Incident,
+    remote: &Value,
+    status: IncidentStatus,
+    at: DateTime<Utc>,
+    agent: Option<Value>,
+    now: DateTime<Utc>,
+) -> Option<Submission> {
+    let normalized = crate::sources::pagerduty::normalize_recovered(
+        &format!("incident.{}", status.as_str()),
+        &format!(
+            "recovered:{}:{}:{}",
+            incident.id,
+            status.as_str(),
+            incident.reopen_count
+        ),
+        at,
+        agent,
+        remote.clone(),
+        now,
+    );
+    let mut sub = recovered_submission(normalized, remote, Some(status), &incident.id)?;
+    let actor = sub.events[0]
+        .attrs
+        .get(crate::domain::ATTR_ACTOR_ID)
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    sub.delivery_keys.push(crate::domain::transition_key(
+        &incident.id,
+        status,
+        incident.reopen_count,
+        actor.as_deref(),
+    ));
+    Some(sub)
 }
 
 /// A submission of recovered events, the API's answer kept as their raw payload.

@@ -192,14 +192,20 @@ fn unreadable_lines_are_reported_with_their_numbers() {
 }
 
 pub async fn stored_pack(app: &TestApp, id: &str) -> Vec<u8> {
+    stored_pack_within(app, id, Duration::from_secs(2)).await
+}
+
+/// The stored pack, once it is stored (polled every 20 ms for at most `wait`).
+pub async fn stored_pack_within(app: &TestApp, id: &str, wait: Duration) -> Vec<u8> {
     let id = incidentpost::domain::IncidentId::parse(id).unwrap();
-    for _ in 0..100 {
+    let started = std::time::Instant::now();
+    while started.elapsed() < wait {
         if let Some(zip) = app.store.pack(&id).unwrap() {
             return zip;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("no pack stored within 2 s of resolve");
+    panic!("no pack stored within {wait:?} of resolve");
 }
 
 #[tokio::test]

@@ -322,6 +322,23 @@ fn pd_notes() -> Value {
     v
 }
 
+/// The recorded V3 `incident.annotated` capture on `incident`, with the note's id (none:
+/// as builds before note ids sent it), text and a time three minutes ago.
+fn note_webhook(incident: &str, note_id: Option<&str>, content: &str) -> Value {
+    let mut note = fixture_json("pagerduty/v3-incident.annotated.zulip.json");
+    let data = &mut note["event"]["data"];
+    data["incident"]["id"] = json!(incident);
+    match note_id {
+        Some(id) => data["id"] = json!(id),
+        None => {
+            data.as_object_mut().unwrap().remove("id");
+        }
+    }
+    data["content"] = json!(content);
+    note["event"]["occurred_at"] = json!(at_offset(-3));
+    note
+}
+
 async fn pagerduty_double(id: &str, incident: Value, notes: Value, delay: Duration) -> MockServer {
     let pd = MockServer::start().await;
     Mock::given(method("GET"))
@@ -358,14 +375,7 @@ fn pagerduty_settings(pd: &MockServer) -> String {
 }
 
 async fn wait_for_pack(app: &TestApp, id: &str) -> Vec<u8> {
-    let id = incidentpost::domain::IncidentId::parse(id).unwrap();
-    for _ in 0..500 {
-        if let Some(zip) = app.store.pack(&id).unwrap() {
-            return zip;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no pack stored within 10 s");
+    crate::pack::stored_pack_within(app, id, Duration::from_secs(10)).await
 }
 
 #[tokio::test]
@@ -473,12 +483,12 @@ async fn a_missed_note_appears_once_even_when_its_webhook_comes_after() {
     assert_eq!(app.post_pagerduty(&trigger).await.status(), 202);
     // A note stored before note ids were kept (its webhook without `data.id`): known by
     // its text, not recovered again.
-    let mut old = fixture_json("pagerduty/v3-incident.annotated.zulip.json");
+    let mut old = note_webhook(
+        id,
+        None,
+        "Initial alert information indicates a 1-alarm fire",
+    );
     old["event"]["id"] = json!("evt-old-note");
-    old["event"]["data"]["incident"]["id"] = json!(id);
-    old["event"]["data"].as_object_mut().unwrap().remove("id");
-    old["event"]["data"]["content"] = json!("Initial alert information indicates a 1-alarm fire");
-    old["event"]["occurred_at"] = json!(at_offset(-3));
     assert_eq!(
         app.post_pagerduty(&serde_json::to_vec(&old).unwrap())
             .await
@@ -490,11 +500,7 @@ async fn a_missed_note_appears_once_even_when_its_webhook_comes_after() {
     assert_eq!(round["pagerduty"]["recovered"], 1, "{round}");
 
     // The first note's webhook comes after all (the recorded V3 capture, its ids patched).
-    let mut note = fixture_json("pagerduty/v3-incident.annotated.zulip.json");
-    note["event"]["data"]["incident"]["id"] = json!(id);
-    note["event"]["data"]["id"] = json!("PWL7QXS");
-    note["event"]["data"]["content"] = json!("Firefighters are on the scene.");
-    note["event"]["occurred_at"] = json!(at_offset(-3));
+    let note = note_webhook(id, Some("PWL7QXS"), "Firefighters are on the scene.");
     let body = serde_json::to_vec(&note).unwrap();
     let r = app.post_pagerduty(&body).await;
     assert_eq!(r.status(), 200);
@@ -608,9 +614,11 @@ async fn with_two_replicas_one_reconciles_and_a_late_webhook_at_the_other_is_a_d
         "{round}"
     );
 
-    let mut note = fixture_json("pagerduty/v3-incident.annotated.zulip.json");
-    note["event"]["data"]["incident"]["id"] = json!(id);
-    note["event"]["data"]["id"] = json!("PCQC25");
+    let note = note_webhook(
+        id,
+        Some("PCQC25"),
+        "Initial alert information indicates a 1-alarm fire",
+    );
     let r = b.post_pagerduty(&serde_json::to_vec(&note).unwrap()).await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
     let notes = b
