@@ -4,7 +4,10 @@
 //!
 //! Run: `scripts/bench-history` (or `cargo bench --bench history`). Env (defaults are the
 //! issue's targets): BENCH_OPEN (10000), BENCH_STREAM (1000000), BENCH_INCIDENTS (100000),
-//! BENCH_BIG (10000), BENCH_REQUESTS (4000), BENCH_SOAK_SECS (600; 0 skips the soak).
+//! BENCH_BIG (10000), BENCH_REQUESTS (4000), BENCH_SOAK_SECS (600; 0 skips the soak),
+//! BENCH_SOAK_BACKEND (`sled`, `postgres` or `both`; PostgreSQL needs BENCH_DATABASE_URL,
+//! an administrative URL: the soak gets a fresh database on that server), BENCH_SERVER_BIN
+//! (another build of the service, for a before and after in one run).
 //! Without `--bench` (as `cargo test --all-targets` runs it) it is a small smoke run.
 //!
 //! Only what both the old and the new store have is used to fill (`Store::write` with
@@ -20,6 +23,10 @@ use chrono::Utc;
 use incidentpost::domain::{Event, EventKind, Incident, IncidentId, IncidentStatus, Source};
 use incidentpost::sources::signature::hmac_sha256_hex;
 use incidentpost::store::{SledStore, Store};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{fresh_database, rss_mib, thread_count, wait_ready};
 
 const SECRET: &str = "bench-secret";
 
@@ -51,6 +58,11 @@ impl Drop for Server {
 }
 
 fn start(dir: &std::path::Path) -> Server {
+    start_on(dir, None)
+}
+
+/// A server on the sled store in `dir`, or on a PostgreSQL database (`database`).
+fn start_on(dir: &std::path::Path, database: Option<&str>) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -58,13 +70,24 @@ fn start(dir: &std::path::Path) -> Server {
         .port();
     let config = dir.with_extension("toml");
     std::fs::write(&config, SERVICES).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_incidentpost"))
+    let child = Command::new(support::server_bin())
         .args(["--config", config.to_str().unwrap(), "serve"])
         .env("INCIDENTPOST__SERVER__PORT", port.to_string())
         .env("INCIDENTPOST__STORAGE__PATH", dir)
         .env("INCIDENTPOST__SOURCES__PAGERDUTY__SECRET", SECRET)
         .env("INCIDENTPOST__SOURCES__DATADOG__TOKEN", "bench-token")
         .env("INCIDENTPOST__LOG__LEVEL", "warn")
+        .envs(
+            database
+                .map(|url| {
+                    [
+                        ("INCIDENTPOST__STORAGE__BACKEND", "postgres".to_owned()),
+                        ("INCIDENTPOST__STORAGE__POSTGRES__URL", url.to_owned()),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -73,32 +96,6 @@ fn start(dir: &std::path::Path) -> Server {
         child,
         base: format!("http://127.0.0.1:{port}"),
     }
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    for _ in 0..2400 {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("server did not start");
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 fn event(n: u64, age_secs: i64, incident: Option<&IncidentId>) -> Event {
@@ -324,16 +321,49 @@ async fn drive(
     stats(all, began.elapsed(), errors.load(Ordering::Relaxed))
 }
 
-/// Samples the server's RSS every 20 ms until `stop`; returns the peak.
-fn sample_peak(pid: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<f64> {
+/// Samples the server's RSS and thread count every 20 ms until `stop`; returns the peaks.
+fn sample_peak(pid: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(f64, u64)> {
     tokio::spawn(async move {
-        let mut peak = 0f64;
+        let (mut peak, mut threads) = (0f64, 0);
         while !stop.load(Ordering::Relaxed) {
             peak = peak.max(rss_mib(pid));
+            threads = threads.max(thread_count(pid));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        peak.max(rss_mib(pid))
+        (peak.max(rss_mib(pid)), threads)
     })
+}
+
+/// Datadog webhooks at c=32 for `secs`, a table row per minute; returns the next
+/// delivery number.
+async fn soak(client: &reqwest::Client, server: &Server, secs: u64, mut n: u64) -> u64 {
+    let pid = server.child.id();
+    println!("| minute | webhooks/s | p99 ms | errors | RSS MiB |");
+    println!("|---|---|---|---|---|");
+    let began = Instant::now();
+    let mut minute = 0;
+    while began.elapsed() < Duration::from_secs(secs) {
+        let t = Instant::now();
+        let mut rates = Vec::new();
+        let mut errors = 0;
+        let mut p99 = 0f64;
+        while t.elapsed() < Duration::from_secs(60.min(secs))
+            && began.elapsed() < Duration::from_secs(secs)
+        {
+            let s = drive(client, &server.base, Load::Datadog, n, 2_000, 32).await;
+            n += 2_000;
+            rates.push(s.rps);
+            errors += s.errors;
+            p99 = p99.max(s.p99);
+        }
+        minute += 1;
+        let rps = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+        println!(
+            "| {minute} | {rps:.0} | {p99:.1} | {errors} | {:.0} |",
+            rss_mib(pid)
+        );
+    }
+    n
 }
 
 fn main() {
@@ -428,6 +458,7 @@ fn main() {
         }
         // 20 page loads and 20 downloads at once, while signed webhooks keep coming.
         let before = rss_mib(pid);
+        let threads_before = thread_count(pid);
         let stop = Arc::new(AtomicBool::new(false));
         let peak = sample_peak(pid, stop.clone());
         let pages = drive(&client, &server.base, Load::Get("/ui/incidents/PBIG"), 0, 20, 20);
@@ -436,38 +467,40 @@ fn main() {
         let (pages, zips, hooks) = tokio::join!(pages, zips, hooks);
         n += 400;
         stop.store(true, Ordering::Relaxed);
-        let peak = peak.await.unwrap();
+        let (peak, threads) = peak.await.unwrap();
         println!(
             "\n20 page loads + 20 downloads at once: pages p99 {:.0} ms ({} errors), downloads p99 {:.0} ms ({} errors); \
-             signed webhooks meanwhile: {} ok, p99 {:.1} ms, {} errors; RSS {before:.0} → peak {peak:.0} MiB (+{:.0})",
+             signed webhooks meanwhile: {} ok, p99 {:.1} ms, {} errors; RSS {before:.0} → peak {peak:.0} MiB (+{:.0}); \
+             threads {threads_before} → peak {threads}",
             pages.p99, pages.errors, zips.p99, zips.errors, 400 - hooks.errors, hooks.p99, hooks.errors, peak - before
         );
         drop(server);
 
         if soak_secs > 0 {
-            let server = start(&dir);
-            wait_ready(&client, &server.base).await;
-            let pid = server.child.id();
-            println!("\nsoak: Datadog webhooks at c=32 for {soak_secs} s");
-            println!("| minute | webhooks/s | p99 ms | errors | RSS MiB |");
-            println!("|---|---|---|---|---|");
-            let began = Instant::now();
-            let mut minute = 0;
-            while began.elapsed() < Duration::from_secs(soak_secs) {
-                let t = Instant::now();
-                let mut lat_rps = Vec::new();
-                let mut errors = 0;
-                let mut p99 = 0f64;
-                while t.elapsed() < Duration::from_secs(60.min(soak_secs)) && began.elapsed() < Duration::from_secs(soak_secs) {
-                    let s = drive(&client, &server.base, Load::Datadog, n, 2_000, 32).await;
-                    n += 2_000;
-                    lat_rps.push(s.rps);
-                    errors += s.errors;
-                    p99 = p99.max(s.p99);
-                }
-                minute += 1;
-                let rps = lat_rps.iter().sum::<f64>() / lat_rps.len().max(1) as f64;
-                println!("| {minute} | {rps:.0} | {p99:.1} | {errors} | {:.0} |", rss_mib(pid));
+            let backend = std::env::var("BENCH_SOAK_BACKEND").unwrap_or_else(|_| "sled".into());
+            if backend == "sled" || backend == "both" {
+                let server = start(&dir);
+                wait_ready(&client, &server.base).await;
+                println!("\nsoak on sled: Datadog webhooks at c=32 for {soak_secs} s");
+                n = soak(&client, &server, soak_secs, n).await;
+                drop(server);
+                // What of that memory comes with the stored data rather than the work:
+                // the same store, restarted, before any request.
+                let server = start(&dir);
+                wait_ready(&client, &server.base).await;
+                println!(
+                    "the same store restarted: RSS {:.0} MiB when /readyz first answers",
+                    rss_mib(server.child.id())
+                );
+            }
+            if backend == "postgres" || backend == "both" {
+                let admin = std::env::var("BENCH_DATABASE_URL")
+                    .expect("BENCH_SOAK_BACKEND=postgres needs BENCH_DATABASE_URL (an admin URL)");
+                let url = fresh_database(&admin, "bench_history_soak");
+                let server = start_on(&dir.with_extension("pg"), Some(&url));
+                wait_ready(&client, &server.base).await;
+                println!("\nsoak on PostgreSQL (an empty database): Datadog webhooks at c=32 for {soak_secs} s");
+                soak(&client, &server, soak_secs, n).await;
             }
         }
     });

@@ -3,7 +3,9 @@
 //! Compares group commit (`storage.max_batch = 256`) with a flush per webhook
 //! (`storage.max_batch = 1`) at increasing concurrency. Bounded: REQUESTS per step.
 //!
-//! Run: `cargo bench --bench ingest` (or `scripts/bench-ingest`). Env: BENCH_REQUESTS.
+//! Run: `cargo bench --bench ingest` (or `scripts/bench-ingest`). Env: BENCH_REQUESTS;
+//! BENCH_SERVER_BIN (another build of the service, for a before and after in one run);
+//! BENCH_ROUNDS (5): rounds of the reference points, which take turns.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use incidentpost::sources::signature::hmac_sha256_hex;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{fresh_database, rss_kib, wait_ready};
 
 const SECRET: &str = "bench-secret";
 
@@ -50,7 +56,7 @@ fn start_on(max_batch: usize, database: Option<&str>) -> Server {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_incidentpost"))
+    let child = Command::new(support::server_bin())
         .arg("serve")
         .env("INCIDENTPOST__SERVER__PORT", port.to_string())
         .env("INCIDENTPOST__STORAGE__PATH", dir.path())
@@ -160,18 +166,6 @@ fn body(n: u64) -> Vec<u8> {
         r#"{{"event":{{"id":"bench-{n}","event_type":"{kind}","resource_type":"incident","occurred_at":"2024-03-14T14:23:00.000Z","agent":{{"summary":"sarah"}},"data":{{"id":"{incident}","type":"incident","title":"API response time > 5000ms","status":"triggered","urgency":"high","service":{{"summary":"api"}}}}}}}}"#
     )
     .into_bytes()
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    for _ in 0..400 {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("server did not start");
 }
 
 struct Step {
@@ -348,28 +342,6 @@ fn main() {
     });
 }
 
-/// An empty database on the server of `admin` (an administrative URL), and its URL.
-fn fresh_database(admin: &str, name: &str) -> String {
-    let admin_url = admin.to_owned();
-    let db = name.to_owned();
-    std::thread::spawn(move || {
-        let mut c =
-            postgres::Client::connect(&admin_url, postgres::NoTls).expect("BENCH_DATABASE_URL");
-        // Two statements: a multi-statement string runs as one transaction block, which
-        // DROP/CREATE DATABASE refuse.
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-            .expect("drop the old bench database");
-        c.batch_execute(&format!("CREATE DATABASE {db}"))
-            .expect("create the bench database");
-    })
-    .join()
-    .unwrap();
-    match admin.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => admin.to_owned(),
-    }
-}
-
 /// The mean committer batch of servers, from their `/metrics`.
 async fn mean_batch(client: &reqwest::Client, bases: &[String]) -> f64 {
     let (mut sum, mut count) = (0.0, 0.0);
@@ -429,17 +401,6 @@ async fn postgres_vs_sled(admin: &str, requests: u64) {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 fn dir_bytes(path: &std::path::Path) -> u64 {
     std::fs::read_dir(path)
         .map(|rd| {
@@ -458,27 +419,22 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
 /// (Prometheus Alertmanager, in memory) in the same run, plus memory and disk figures.
 async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
     use actix_web::{web, App, HttpResponse, HttpServer};
-    println!();
-    println!("reference points, concurrency 64, {requests} requests each");
-    println!("| server | req/s | p50 ms | p99 ms | errors |");
-    println!("|---|---|---|---|---|");
-    let row = |label: &str, s: &Step| println!("| {label} | {} |", s.cells());
+    // This machine's speed drifts by ±30 % within minutes, so the three servers run side
+    // by side and take turns, round after round; the ratios are per round and their median.
+    let rounds: u64 = if smoke {
+        1
+    } else {
+        std::env::var("BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5)
+    };
 
     // IncidentPost, with RSS and disk figures.
     let server = start(256);
     wait_ready(client, &server.base).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_kib(server.child.id());
-    let s = run_step(client, &server.base, Kind::PagerDuty, 0, requests, 64).await;
-    let loaded = rss_kib(server.child.id());
-    row(
-        "incidentpost (verify, normalize, correlate, durable append)",
-        &s,
-    );
-    tokio::time::sleep(Duration::from_millis(700)).await; // sled's background flush
-    let disk = dir_bytes(server.dir.path());
-    let stored = requests;
-    drop(server);
 
     // Ceiling: a bare actix endpoint checking the same signature and parsing the same JSON.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -509,53 +465,143 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
     .run();
     let handle = bare.handle();
     tokio::spawn(bare);
-    let base = format!("http://127.0.0.1:{port}");
-    let s = run_step(client, &base, Kind::PagerDuty, 0, requests, 64).await;
-    row(
-        "ceiling: bare actix, same signature check + JSON parse, no storage",
-        &s,
-    );
-    handle.stop(false).await;
+    let bare_base = format!("http://127.0.0.1:{port}");
 
     // The peer: Prometheus Alertmanager (Debian's package), equivalent alerts.
-    let am = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
+    let am_dir = tempfile::tempdir().unwrap();
+    let mut peer = None;
+    if let Some(bin) = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
         .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
-    match am {
-        Some(bin) => {
-            let dir = tempfile::tempdir().unwrap();
-            let cfg = dir.path().join("am.yml");
-            std::fs::write(&cfg, "route:\n  receiver: none\nreceivers:\n  - name: none\n").unwrap();
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let mut child = Command::new(bin)
-                .arg(format!("--config.file={}", cfg.display()))
-                .arg(format!("--storage.path={}", dir.path().display()))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .arg("--cluster.listen-address=")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let base = format!("http://127.0.0.1:{port}");
-            for _ in 0..200 {
-                if client.get(format!("{base}/-/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        .find(|p| std::path::Path::new(p).exists())
+    {
+        let cfg = am_dir.path().join("am.yml");
+        std::fs::write(
+            &cfg,
+            "route:\n  receiver: none\nreceivers:\n  - name: none\n",
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.path={}", am_dir.path().display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if client
+                .get(format!("{base}/-/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
             }
-            let am_idle = rss_kib(child.id());
-            let s = run_step(client, &base, Kind::Alertmanager, 0, requests, 64).await;
-            let am_loaded = rss_kib(child.id());
-            row("peer: Prometheus Alertmanager /api/v2/alerts (in memory, nothing on disk)", &s);
-            println!("Alertmanager RSS: idle {} MiB, after load {} MiB", am_idle / 1024, am_loaded / 1024);
-            let _ = child.kill();
-            let _ = child.wait();
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        None => println!("| peer: Prometheus Alertmanager | not installed (apt-get install prometheus-alertmanager) | | | |"),
+        peer = Some((child, base));
     }
+    let am_idle = peer.as_ref().map_or(0, |(c, _)| rss_kib(c.id()));
+
     println!();
     println!(
-        "incidentpost RSS: idle {} MiB, after {requests} webhooks {} MiB",
+        "reference points, concurrency 64, {requests} requests each, {rounds} rounds taking turns"
+    );
+    println!("| round | incidentpost req/s (p99 ms) | ceiling req/s | Alertmanager req/s (p99 ms) | × peer | % of ceiling |");
+    println!("|---|---|---|---|---|---|");
+    let (mut to_peer, mut to_ceiling) = (Vec::new(), Vec::new());
+    let mut errors = 0;
+    for round in 0..rounds {
+        // Who goes first rotates, so no server always meets the machine warm or cold.
+        let mut ours = None;
+        let mut ceiling = None;
+        let mut theirs = None;
+        for turn in 0..3 {
+            match (turn + round) % 3 {
+                0 => {
+                    ours = Some(
+                        run_step(
+                            client,
+                            &server.base,
+                            Kind::PagerDuty,
+                            round * requests,
+                            requests,
+                            64,
+                        )
+                        .await,
+                    )
+                }
+                1 => {
+                    ceiling =
+                        Some(run_step(client, &bare_base, Kind::PagerDuty, 0, requests, 64).await)
+                }
+                _ => {
+                    if let Some((_, base)) = &peer {
+                        theirs =
+                            Some(run_step(client, base, Kind::Alertmanager, 0, requests, 64).await);
+                    }
+                }
+            }
+        }
+        let (ours, ceiling) = (ours.unwrap(), ceiling.unwrap());
+        errors += ours.errors + ceiling.errors + theirs.as_ref().map_or(0, |t| t.errors);
+        let pct = ours.rps / ceiling.rps * 100.0;
+        to_ceiling.push(pct);
+        let (peer_cell, ratio_cell) = match &theirs {
+            Some(t) => {
+                to_peer.push(ours.rps / t.rps);
+                (
+                    format!("{:.0} ({:.1})", t.rps, t.p99.as_secs_f64() * 1e3),
+                    format!("{:.2}", ours.rps / t.rps),
+                )
+            }
+            None => (
+                "not installed (apt-get install prometheus-alertmanager)".into(),
+                "–".into(),
+            ),
+        };
+        println!(
+            "| {} | {:.0} ({:.1}) | {:.0} | {peer_cell} | {ratio_cell} | {pct:.0} % |",
+            round + 1,
+            ours.rps,
+            ours.p99.as_secs_f64() * 1e3,
+            ceiling.rps
+        );
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "median of {rounds} rounds: {:.2}× the peer, {:.1} % of the ceiling; {errors} errors",
+        median(to_peer),
+        median(to_ceiling)
+    );
+    let loaded = rss_kib(server.child.id());
+    handle.stop(false).await;
+    if let Some((mut child, _)) = peer {
+        println!(
+            "Alertmanager RSS: idle {} MiB, after load {} MiB",
+            am_idle / 1024,
+            rss_kib(child.id()) / 1024
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await; // sled's background flush
+    let disk = dir_bytes(server.dir.path());
+    let stored = rounds * requests;
+    drop(server);
+    println!();
+    println!(
+        "incidentpost RSS: idle {} MiB, after {stored} webhooks {} MiB",
         idle / 1024,
         loaded / 1024
     );
@@ -592,7 +638,7 @@ async fn startup_with_million_events() {
     }
     let data = dir.path().join("data");
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_incidentpost"))
+    let out = Command::new(support::server_bin())
         .args(["import", file.to_str().unwrap()])
         .env("INCIDENTPOST__STORAGE__PATH", &data)
         .output()
@@ -609,7 +655,7 @@ async fn startup_with_million_events() {
         .unwrap()
         .port();
     let t = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_incidentpost"))
+    let mut child = Command::new(support::server_bin())
         .arg("serve")
         .env("INCIDENTPOST__SERVER__PORT", port.to_string())
         .env("INCIDENTPOST__STORAGE__PATH", &data)

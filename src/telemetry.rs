@@ -27,7 +27,13 @@ pub fn init_tracing(settings: &LogSettings) {
     };
 }
 
-/// The process-wide Prometheus recorder (installed on first use).
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The process-wide Prometheus recorder (installed on first use), with its upkeep: the
+/// recorder keeps every histogram sample until a scrape or an upkeep folds it into the
+/// buckets, so without one an unscraped service grows by every request it answers
+/// (about 1.8 MiB a minute at 1,600 webhooks/s in the PostgreSQL soak, BENCHMARKS.md).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -45,6 +51,18 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; keep serving our handle.
             let _ = metrics::set_global_recorder(recorder);
+            let upkeep = handle.clone();
+            // A plain thread: the recorder lives as long as the process, whatever runtime
+            // (or none) asked for it first.
+            if let Err(e) = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    upkeep.run_upkeep();
+                })
+            {
+                tracing::error!(error = %e, "metrics upkeep thread did not start; histograms are folded only when /metrics is scraped");
+            }
             handle
         })
         .clone()

@@ -1,0 +1,77 @@
+//! What the benchmarks share: waiting for a server, reading its RSS, a fresh PostgreSQL
+//! database. Included by each bench with `#[path]` (a bench is its own crate).
+
+use std::time::Duration;
+
+/// The service binary to measure: `BENCH_SERVER_BIN` when set (another build, for a
+/// before-and-after in one run), else this build's release binary.
+pub fn server_bin() -> std::path::PathBuf {
+    std::env::var_os("BENCH_SERVER_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_incidentpost").into())
+}
+
+/// Waits until `base` answers `/readyz` (up to a minute: a big store recovers slowly).
+pub async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..2400 {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server did not start");
+}
+
+/// A number from `/proc/<pid>/status` (`VmRSS:` in KiB, `Threads:`), 0 if unreadable.
+fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// The resident set of a process, in KiB (0 if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:")
+}
+
+/// How many threads a process runs.
+#[allow(dead_code)] // not every bench counts threads
+pub fn thread_count(pid: u32) -> u64 {
+    status_field(pid, "Threads:")
+}
+
+/// The resident set of a process, in MiB.
+#[allow(dead_code)] // not every bench prints MiB
+pub fn rss_mib(pid: u32) -> f64 {
+    rss_kib(pid) as f64 / 1024.0
+}
+
+/// An empty database on the server of `admin` (an administrative URL), and its URL.
+#[allow(dead_code)] // not every bench uses PostgreSQL
+pub fn fresh_database(admin: &str, name: &str) -> String {
+    let admin_url = admin.to_owned();
+    let db = name.to_owned();
+    std::thread::spawn(move || {
+        let mut c =
+            postgres::Client::connect(&admin_url, postgres::NoTls).expect("BENCH_DATABASE_URL");
+        // Two statements: a multi-statement string runs as one transaction block, which
+        // DROP/CREATE DATABASE refuse.
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .expect("drop the old bench database");
+        c.batch_execute(&format!("CREATE DATABASE {db}"))
+            .expect("create the bench database");
+    })
+    .join()
+    .unwrap();
+    match admin.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => admin.to_owned(),
+    }
+}
