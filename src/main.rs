@@ -1,8 +1,8 @@
 //! The `incidentpost` binary: wiring only.
 #![forbid(unsafe_code)]
 
-/// mimalloc: the webhook path allocates per request and sled copies nodes on writes; it
-/// beat the system allocator in `scripts/bench-ingest` (BENCHMARKS.md).
+/// mimalloc (its version 2, see Cargo.toml): the pack render and `import` are
+/// allocation-bound and run faster on it than on glibc's malloc (BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

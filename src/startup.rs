@@ -28,6 +28,9 @@ use crate::store::{SledStore, Store};
 use crate::telemetry;
 
 /// A built, bound, not yet running service.
+/// Blocking threads per request worker (store reads of the pages and the API).
+const WORKER_BLOCKING_THREADS: usize = 16;
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -237,7 +240,10 @@ impl Application {
         // actix counts connections per worker.
         server = server
             .workers(workers)
-            .max_connections(settings.server.max_connections.div_ceil(workers).max(1));
+            .max_connections(settings.server.max_connections.div_ceil(workers).max(1))
+            // Store reads off the request workers: a few threads each, not actix's 256 (every
+            // extra thread keeps an allocator heap: 40 page loads at once made 40 threads).
+            .worker_max_blocking_threads(WORKER_BLOCKING_THREADS);
         tracing::info!(
             address = %format!("{}:{port}", settings.server.host),
             storage = %settings.storage.path.display(),
