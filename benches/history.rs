@@ -26,7 +26,7 @@ use incidentpost::store::{SledStore, Store};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{fresh_database, rss_mib, thread_count, wait_ready};
+use support::{drop_database, env_or, fresh_database, rss_mib, thread_count, wait_ready};
 
 const SECRET: &str = "bench-secret";
 
@@ -34,16 +34,6 @@ const SECRET: &str = "bench-secret";
 /// unrelated history.
 const SERVICES: &str =
     "services = [{ name = \"api\", pagerduty = [\"api\"], datadog = [\"service:api\"] }]";
-
-fn env_or(name: &str, default: u64, smoke: u64, is_smoke: bool) -> u64 {
-    if is_smoke {
-        return smoke;
-    }
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Server {
     child: Child,
@@ -63,11 +53,7 @@ fn start(dir: &std::path::Path) -> Server {
 
 /// A server on the sled store in `dir`, or on a PostgreSQL database (`database`).
 fn start_on(dir: &std::path::Path, database: Option<&str>) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let config = dir.with_extension("toml");
     std::fs::write(&config, SERVICES).unwrap();
     let child = Command::new(support::server_bin())
@@ -77,17 +63,7 @@ fn start_on(dir: &std::path::Path, database: Option<&str>) -> Server {
         .env("INCIDENTPOST__SOURCES__PAGERDUTY__SECRET", SECRET)
         .env("INCIDENTPOST__SOURCES__DATADOG__TOKEN", "bench-token")
         .env("INCIDENTPOST__LOG__LEVEL", "warn")
-        .envs(
-            database
-                .map(|url| {
-                    [
-                        ("INCIDENTPOST__STORAGE__BACKEND", "postgres".to_owned()),
-                        ("INCIDENTPOST__STORAGE__POSTGRES__URL", url.to_owned()),
-                    ]
-                })
-                .into_iter()
-                .flatten(),
-        )
+        .envs(support::backend_env(database))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -478,7 +454,13 @@ fn main() {
 
         if soak_secs > 0 {
             let backend = std::env::var("BENCH_SOAK_BACKEND").unwrap_or_else(|_| "sled".into());
-            if backend == "sled" || backend == "both" {
+            let (on_sled, on_postgres) = match backend.as_str() {
+                "sled" => (true, false),
+                "postgres" => (false, true),
+                "both" => (true, true),
+                other => panic!("BENCH_SOAK_BACKEND={other}: use sled, postgres or both"),
+            };
+            if on_sled {
                 let server = start(&dir);
                 wait_ready(&client, &server.base).await;
                 println!("\nsoak on sled: Datadog webhooks at c=32 for {soak_secs} s");
@@ -493,7 +475,7 @@ fn main() {
                     rss_mib(server.child.id())
                 );
             }
-            if backend == "postgres" || backend == "both" {
+            if on_postgres {
                 let admin = std::env::var("BENCH_DATABASE_URL")
                     .expect("BENCH_SOAK_BACKEND=postgres needs BENCH_DATABASE_URL (an admin URL)");
                 let url = fresh_database(&admin, "bench_history_soak");
@@ -501,6 +483,8 @@ fn main() {
                 wait_ready(&client, &server.base).await;
                 println!("\nsoak on PostgreSQL (an empty database): Datadog webhooks at c=32 for {soak_secs} s");
                 soak(&client, &server, soak_secs, n).await;
+                drop(server);
+                drop_database(&admin, "bench_history_soak");
             }
         }
     });

@@ -16,7 +16,7 @@ use incidentpost::sources::signature::hmac_sha256_hex;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{fresh_database, rss_kib, wait_ready};
+use support::{drop_database, env_or, fresh_database, rss_kib, wait_ready};
 
 const SECRET: &str = "bench-secret";
 
@@ -51,11 +51,7 @@ fn start(max_batch: usize) -> Server {
 /// A server on sled (`database: None`) or on a PostgreSQL database.
 fn start_on(max_batch: usize, database: Option<&str>) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let child = Command::new(support::server_bin())
         .arg("serve")
         .env("INCIDENTPOST__SERVER__PORT", port.to_string())
@@ -66,17 +62,7 @@ fn start_on(max_batch: usize, database: Option<&str>) -> Server {
         .env("INCIDENTPOST__SOURCES__SLACK__SIGNING_SECRET", SECRET)
         .env("INCIDENTPOST__SOURCES__DATADOG__TOKEN", SECRET)
         .env("INCIDENTPOST__LOG__LEVEL", "warn")
-        .envs(
-            database
-                .map(|url| {
-                    [
-                        ("INCIDENTPOST__STORAGE__BACKEND", "postgres".to_owned()),
-                        ("INCIDENTPOST__STORAGE__POSTGRES__URL", url.to_owned()),
-                    ]
-                })
-                .into_iter()
-                .flatten(),
-        )
+        .envs(support::backend_env(database))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -280,14 +266,7 @@ fn main() {
     // `cargo test --all-targets` runs this binary without `--bench`: a quick smoke run
     // then, so the benchmark stays working without costing the suite minutes.
     let smoke = !std::env::args().any(|a| a == "--bench");
-    let requests: u64 = if smoke {
-        50
-    } else {
-        std::env::var("BENCH_REQUESTS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(4000)
-    };
+    let requests = env_or("BENCH_REQUESTS", 4000, 50, smoke);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -398,6 +377,10 @@ async fn postgres_vs_sled(admin: &str, requests: u64) {
             replicas.max(1),
             s.cells()
         );
+        drop(servers);
+        if replicas > 0 {
+            drop_database(admin, &format!("bench_ingest_{replicas}"));
+        }
     }
 }
 
@@ -421,14 +404,7 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
     use actix_web::{web, App, HttpResponse, HttpServer};
     // This machine's speed drifts by ±30 % within minutes, so the three servers run side
     // by side and take turns, round after round; the ratios are per round and their median.
-    let rounds: u64 = if smoke {
-        1
-    } else {
-        std::env::var("BENCH_ROUNDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5)
-    };
+    let rounds = env_or("BENCH_ROUNDS", 5, 1, smoke);
 
     // IncidentPost, with RSS and disk figures.
     let server = start(256);
@@ -480,11 +456,7 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
             "route:\n  receiver: none\nreceivers:\n  - name: none\n",
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = support::free_port();
         let child = Command::new(bin)
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!("--storage.path={}", am_dir.path().display()))
@@ -539,13 +511,31 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
                     )
                 }
                 1 => {
-                    ceiling =
-                        Some(run_step(client, &bare_base, Kind::PagerDuty, 0, requests, 64).await)
+                    ceiling = Some(
+                        run_step(
+                            client,
+                            &bare_base,
+                            Kind::PagerDuty,
+                            round * requests,
+                            requests,
+                            64,
+                        )
+                        .await,
+                    )
                 }
                 _ => {
                     if let Some((_, base)) = &peer {
-                        theirs =
-                            Some(run_step(client, base, Kind::Alertmanager, 0, requests, 64).await);
+                        theirs = Some(
+                            run_step(
+                                client,
+                                base,
+                                Kind::Alertmanager,
+                                round * requests,
+                                requests,
+                                64,
+                            )
+                            .await,
+                        );
                     }
                 }
             }
@@ -575,14 +565,19 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
             ceiling.rps
         );
     }
+    // The middle value (of an even count, the mean of the two middle ones).
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[n / 2]),
+            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
     };
+    let vs_peer = median(to_peer).map_or("no peer".to_owned(), |r| format!("{r:.2}× the peer"));
     println!(
-        "median of {rounds} rounds: {:.2}× the peer, {:.1} % of the ceiling; {errors} errors",
-        median(to_peer),
-        median(to_ceiling)
+        "median of {rounds} rounds: {vs_peer}, {:.1} % of the ceiling; {errors} errors",
+        median(to_ceiling).unwrap_or(f64::NAN)
     );
     let loaded = rss_kib(server.child.id());
     handle.stop(false).await;
@@ -649,11 +644,7 @@ async fn startup_with_million_events() {
         String::from_utf8_lossy(&out.stderr)
     );
     let import_secs = t.elapsed().as_secs_f64();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let t = Instant::now();
     let mut child = Command::new(support::server_bin())
         .arg("serve")

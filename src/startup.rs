@@ -27,10 +27,11 @@ use crate::sources::WebhookSource;
 use crate::store::{SledStore, Store};
 use crate::telemetry;
 
-/// A built, bound, not yet running service.
-/// Blocking threads per request worker (store reads of the pages and the API).
+/// Blocking threads per request worker (store reads of the pages and the API). With
+/// PostgreSQL this also bounds the request path to workers × 16 connections at once.
 const WORKER_BLOCKING_THREADS: usize = 16;
 
+/// A built, bound, not yet running service.
 pub struct Application {
     port: u16,
     server: Server,

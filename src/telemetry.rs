@@ -33,7 +33,7 @@ const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 /// The process-wide Prometheus recorder (installed on first use), with its upkeep: the
 /// recorder keeps every histogram sample until a scrape or an upkeep folds it into the
 /// buckets, so without one an unscraped service grows by every request it answers
-/// (about 1.8 MiB a minute at 1,600 webhooks/s in the PostgreSQL soak, BENCHMARKS.md).
+/// (about 1.7 MiB a minute at 1,600 webhooks/s in the PostgreSQL soak, BENCHMARKS.md).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE

@@ -11,6 +11,39 @@ pub fn server_bin() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_incidentpost").into())
 }
 
+/// A number from the environment (`default` when unset or unparsable), or `smoke` in a
+/// smoke run (`cargo test --all-targets` runs the benches without `--bench`).
+pub fn env_or(name: &str, default: u64, smoke: u64, is_smoke: bool) -> u64 {
+    if is_smoke {
+        return smoke;
+    }
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// The environment that puts the service on a PostgreSQL database (`Some(url)`), or
+/// nothing (sled).
+pub fn backend_env(database: Option<&str>) -> Vec<(&'static str, String)> {
+    database
+        .map(|url| {
+            vec![
+                ("INCIDENTPOST__STORAGE__BACKEND", "postgres".to_owned()),
+                ("INCIDENTPOST__STORAGE__POSTGRES__URL", url.to_owned()),
+            ]
+        })
+        .unwrap_or_default()
+}
+
 /// Waits until `base` answers `/readyz` (up to a minute: a big store recovers slowly).
 pub async fn wait_ready(client: &reqwest::Client, base: &str) {
     for _ in 0..2400 {
@@ -54,24 +87,34 @@ pub fn rss_mib(pid: u32) -> f64 {
 }
 
 /// An empty database on the server of `admin` (an administrative URL), and its URL.
-#[allow(dead_code)] // not every bench uses PostgreSQL
 pub fn fresh_database(admin: &str, name: &str) -> String {
-    let admin_url = admin.to_owned();
-    let db = name.to_owned();
-    std::thread::spawn(move || {
-        let mut c =
-            postgres::Client::connect(&admin_url, postgres::NoTls).expect("BENCH_DATABASE_URL");
-        // Two statements: a multi-statement string runs as one transaction block, which
-        // DROP/CREATE DATABASE refuse.
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-            .expect("drop the old bench database");
-        c.batch_execute(&format!("CREATE DATABASE {db}"))
-            .expect("create the bench database");
-    })
-    .join()
-    .unwrap();
+    drop_database(admin, name);
+    admin_statement(admin, format!("CREATE DATABASE {name}"));
     match admin.rsplit_once('/') {
         Some((server, _)) => format!("{server}/{name}"),
         None => admin.to_owned(),
     }
+}
+
+/// Drops a bench database (with whatever is still connected to it).
+pub fn drop_database(admin: &str, name: &str) {
+    admin_statement(
+        admin,
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+}
+
+/// One statement on the administrative connection, on a thread of its own (the blocking
+/// client must not run on the benches' runtime). One statement per call: a
+/// multi-statement string runs as one transaction block, which DROP/CREATE DATABASE refuse.
+fn admin_statement(admin: &str, sql: String) {
+    let admin_url = admin.to_owned();
+    std::thread::spawn(move || {
+        let mut c =
+            postgres::Client::connect(&admin_url, postgres::NoTls).expect("BENCH_DATABASE_URL");
+        c.batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
+    .join()
+    .unwrap();
 }
