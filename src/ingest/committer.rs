@@ -1,6 +1,7 @@
 //! The committer: one task takes every waiting submission (up to `max_batch`), applies
 //! them in one store unit on a blocking thread, and only then answers them all (group
-//! commit); with replicas it first brings the correlation index up to date.
+//! commit); with replicas it first brings the correlation index up to date. The look-back
+//! pull-in of incidents a unit opened runs after the answers, before the next unit.
 
 use super::*;
 
@@ -110,8 +111,8 @@ pub(super) async fn commit_batch(
     let started = std::time::Instant::now();
     let size = submissions.len();
     let work = c.clone();
+    let now = Utc::now();
     let result = tokio::task::spawn_blocking(move || {
-        let now = Utc::now();
         let mut index = work.index.lock().unwrap_or_else(|p| p.into_inner());
         follow_others(&work, &mut index, now)?;
         let applied = apply_submissions(
@@ -123,25 +124,39 @@ pub(super) async fn commit_batch(
             now,
         )?;
         work.open.store(index.open_count(), Ordering::Relaxed);
-        drop(index);
-        // The look-back of incidents this unit opened: the trigger is durable already; a
-        // failed pull-in keeps its marker and is retried at the next start.
-        for id in &applied.opened {
-            if let Err(e) = pull_in(&work, id, now) {
-                tracing::error!(incident = %id, error = %e, "look-back pull-in failed; retried at the next start");
-            }
-        }
         Ok::<_, StoreError>(applied)
     })
     .await;
     metrics::histogram!("incidentpost_commit_duration_seconds").record(started.elapsed());
     metrics::histogram!("incidentpost_commit_batch_size").record(size as f64);
     match result {
-        Ok(Ok(applied)) => {
-            for (reply, receipt) in replies.into_iter().zip(applied.receipts) {
+        Ok(Ok(Applied {
+            receipts,
+            changes: lifecycle,
+            opened,
+        })) => {
+            for (reply, receipt) in replies.into_iter().zip(receipts) {
                 let _ = reply.send(Ok(receipt));
             }
-            for change in applied.changes {
+            // The look-back of the incidents this unit opened, once their webhooks are
+            // answered: the trigger is durable already, and its sender need not wait for
+            // the window to be read. It runs before the next unit, which sees what it
+            // moved; a failed pull-in keeps its marker and is retried at the next start.
+            if !opened.is_empty() {
+                let work = c.clone();
+                let pulled = tokio::task::spawn_blocking(move || {
+                    for id in &opened {
+                        if let Err(e) = pull_in(&work, id, now) {
+                            tracing::error!(incident = %id, error = %e, "look-back pull-in failed; retried at the next start");
+                        }
+                    }
+                })
+                .await;
+                if let Err(e) = pulled {
+                    tracing::error!(error = %e, "pull-in task failed; retried at the next start");
+                }
+            }
+            for change in lifecycle {
                 tracing::info!(incident = %change.incident_id, change = ?change.change, "incident lifecycle");
                 // No receiver is fine: nobody is waiting for renders yet.
                 let _ = changes.send(change);

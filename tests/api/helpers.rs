@@ -205,7 +205,27 @@ impl TestApp {
         if let Some(id) = webhook_id {
             req = req.header("X-Webhook-Id", id);
         }
-        req.send().await.expect("request reaches the server")
+        let res = req.send().await.expect("request reaches the server");
+        self.settle_pull_ins().await;
+        res
+    }
+
+    /// Waits until the look-back pull-ins of opened incidents are done: a trigger is
+    /// answered once it is durable, and its pull-in follows (the `pullin:` markers go).
+    pub async fn settle_pull_ins(&self) {
+        let started = std::time::Instant::now();
+        // An unreachable store (the database-down tests) runs no pull-in either.
+        while self
+            .store
+            .cursors_with_prefix("pullin:")
+            .is_ok_and(|pending| !pending.is_empty())
+        {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "pull-ins still pending after 20 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// Posts a body to `/webhooks/{source}` with the given headers.
