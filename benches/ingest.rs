@@ -16,7 +16,7 @@ use incidentpost::sources::signature::hmac_sha256_hex;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{drop_database, env_or, fresh_database, rss_kib, wait_ready};
+use support::{drop_database, env_or, fresh_database, rss_kib, wait_for_ok, wait_ready};
 
 const SECRET: &str = "bench-secret";
 
@@ -467,17 +467,7 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        for _ in 0..200 {
-            if client
-                .get(format!("{base}/-/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_ok(client, &format!("{base}/-/ready"), Duration::from_secs(10)).await;
         peer = Some((child, base));
     }
     let am_idle = peer.as_ref().map_or(0, |(c, _)| rss_kib(c.id()));
@@ -657,21 +647,7 @@ async fn startup_with_million_events() {
         .unwrap();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    loop {
-        if client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "not ready within 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_ok(&client, &format!("{base}/readyz"), Duration::from_secs(120)).await;
     let ready = t.elapsed();
     // What the process holds for a store this size before any request: memory that
     // grows with the data (sled's page table), not with the work.

@@ -243,7 +243,7 @@ impl Application {
             .workers(workers)
             .max_connections(settings.server.max_connections.div_ceil(workers).max(1))
             // Store reads off the request workers: a few threads each, not actix's 256 (every
-            // extra thread keeps an allocator heap: 40 page loads at once made 40 threads).
+            // extra thread keeps an allocator heap: 40 reads at once had made 40 more).
             .worker_max_blocking_threads(WORKER_BLOCKING_THREADS);
         tracing::info!(
             address = %format!("{}:{port}", settings.server.host),

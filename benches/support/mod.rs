@@ -46,15 +46,24 @@ pub fn backend_env(database: Option<&str>) -> Vec<(&'static str, String)> {
 
 /// Waits until `base` answers `/readyz` (up to a minute: a big store recovers slowly).
 pub async fn wait_ready(client: &reqwest::Client, base: &str) {
-    for _ in 0..2400 {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    wait_for_ok(client, &format!("{base}/readyz"), Duration::from_secs(60)).await;
+}
+
+/// Polls `url` every 10 ms until it answers 2xx; panics after `within`.
+pub async fn wait_for_ok(client: &reqwest::Client, url: &str, within: Duration) {
+    let started = std::time::Instant::now();
+    while !client
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            started.elapsed() < within,
+            "{url} not ready within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("server did not start");
 }
 
 /// A number from `/proc/<pid>/status` (`VmRSS:` in KiB, `Threads:`), 0 if unreadable.
