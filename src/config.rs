@@ -89,7 +89,8 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct RenderSettings {
     pub templates_dir: String,
-    /// Renders running at once (each on a blocking thread, off the request workers).
+    /// Renders running at once (each on a render thread at a lower CPU priority, off the
+    /// request workers).
     pub max_concurrent: usize,
     /// How long a page or download waits for a render slot before 503 + Retry-After.
     pub queue_timeout_secs: u64,

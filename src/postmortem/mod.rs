@@ -8,6 +8,7 @@ pub mod enrich;
 pub mod facts;
 pub mod import;
 pub mod markdown;
+pub mod pool;
 pub mod redact;
 pub mod renderer;
 pub mod said_once;

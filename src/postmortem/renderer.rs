@@ -68,6 +68,8 @@ pub struct Renderer {
     people: Directory,
     people_version: Arc<std::sync::atomic::AtomicU64>,
     slots: Arc<Semaphore>,
+    /// The threads renders run on (one per slot, at a lower CPU priority).
+    pool: super::pool::Pool,
     queue_timeout: Duration,
     cache: Mutex<VecDeque<(IncidentId, Version, Arc<Rendered>)>>,
     /// Reconciliation: a resolved incident is not rendered as final while a recovery
@@ -100,6 +102,7 @@ impl Renderer {
             people: Directory::default(),
             people_version: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            pool: super::pool::Pool::new(max_concurrent.max(1)),
             queue_timeout,
             cache: Mutex::new(VecDeque::new()),
             gate: std::sync::OnceLock::new(),
@@ -279,18 +282,19 @@ impl Renderer {
     }
 
     /// Runs other heavy read work (assembling a big page from a render) on a render slot
-    /// and a blocking thread, waiting at most the queue timeout for the slot.
+    /// and a render thread, waiting at most the queue timeout for the slot.
     pub async fn heavy<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, RenderFailure> {
         let permit = self.slot().await?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work()
-        })
-        .await
-        .map_err(|e| RenderFailure::Task(e.to_string()))
+        self.pool
+            .run(move || {
+                let _permit = permit;
+                work()
+            })
+            .await
+            .map_err(|e| RenderFailure::Task(e.to_string()))
     }
 
     /// Like [`Renderer::render_now`], waiting as long as it takes (background renders).
@@ -314,12 +318,13 @@ impl Renderer {
     ) -> Result<Arc<Rendered>, RenderFailure> {
         let this = self.clone();
         let key = id.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            this.render_blocking(&key)
-        })
-        .await
-        .map_err(|e| RenderFailure::Task(e.to_string()))?
+        self.pool
+            .run(move || {
+                let _permit = permit;
+                this.render_blocking(&key)
+            })
+            .await
+            .map_err(|e| RenderFailure::Task(e.to_string()))?
     }
 
     /// The render itself, on the calling (blocking) thread.

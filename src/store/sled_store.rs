@@ -563,6 +563,7 @@ impl Store for SledStore {
             &self.index,
             &self.meta,
         );
+        let started = std::time::Instant::now();
         let result = trees.transaction(
             |(incidents, events, stream, raw, deliveries, links, cursors, index, meta)| {
                 let mut tx = SledTx {
@@ -592,10 +593,16 @@ impl Store for SledStore {
         // The durability point: the caller acknowledges webhooks only after this returns.
         // The unit is committed already; a failed flush is retried before giving up (the
         // caller then answers 503 and the provider's retry is recognized as a duplicate).
+        let applied = std::time::Instant::now();
+        metrics::histogram!("incidentpost_store_apply_duration_seconds").record(applied - started);
         let mut last = None;
         for attempt in 0..3 {
             match self.db.flush() {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    metrics::histogram!("incidentpost_store_flush_duration_seconds")
+                        .record(applied.elapsed());
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::error!(error = %e, attempt, "flush failed");
                     last = Some(e);
