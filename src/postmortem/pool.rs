@@ -25,6 +25,9 @@ pub enum PoolError {
 /// Threads that live as long as the pool (they exit once it is dropped).
 pub struct Pool {
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// How many threads started; with none (the OS refused them all) jobs run on tokio's
+    /// blocking pool instead of waiting forever.
+    threads: usize,
 }
 
 impl Pool {
@@ -33,6 +36,7 @@ impl Pool {
     pub fn new(threads: usize) -> Pool {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
         for i in 0..threads.max(1) {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new()
@@ -47,12 +51,14 @@ impl Pool {
                         }
                     }
                 });
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "could not start a render thread");
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => tracing::error!(error = %e, "could not start a render thread"),
             }
         }
         Pool {
             jobs: Mutex::new(tx),
+            threads: started,
         }
     }
 
@@ -61,6 +67,11 @@ impl Pool {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PoolError> {
+        if self.threads == 0 {
+            return tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|_| PoolError::Panicked);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let result = std::panic::catch_unwind(AssertUnwindSafe(work));
