@@ -9,15 +9,15 @@ use std::sync::{mpsc, Arc, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// How much lower than the rest of the process the render threads run (a nice value:
-/// under contention a thread at +10 gets about a tenth of the CPU of one at 0).
+/// How much higher a nice value the render threads take than the process they start in
+/// (capped at 19): under contention a thread at +10 gets about a tenth of the CPU.
 pub const NICE: i32 = 10;
 
 /// Why a job did not run to its end.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
-    #[error("render job panicked")]
-    Panicked,
+    #[error("render job panicked: {0}")]
+    Panicked(String),
     #[error("render pool stopped")]
     Stopped,
 }
@@ -26,13 +26,13 @@ pub enum PoolError {
 pub struct Pool {
     jobs: Mutex<mpsc::Sender<Job>>,
     /// How many threads started; with none (the OS refused them all) jobs run on tokio's
-    /// blocking pool instead of waiting forever.
+    /// blocking pool instead of every one failing with [`PoolError::Stopped`].
     threads: usize,
 }
 
 impl Pool {
-    /// Starts `threads` threads named `render-N`, each at [`NICE`] (a host that refuses
-    /// it keeps the normal priority, with a warning).
+    /// Starts `threads` threads named `render-N`, each [`NICE`] lower in priority (a host
+    /// that refuses it keeps the normal priority, with a warning).
     pub fn new(threads: usize) -> Pool {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -70,7 +70,7 @@ impl Pool {
         if self.threads == 0 {
             return tokio::task::spawn_blocking(work)
                 .await
-                .map_err(|_| PoolError::Panicked);
+                .map_err(|e| PoolError::Panicked(e.to_string()));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
@@ -84,7 +84,13 @@ impl Pool {
             .map_err(|_| PoolError::Stopped)?;
         match rx.await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err(PoolError::Panicked),
+            Ok(Err(panic)) => Err(PoolError::Panicked(
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default(),
+            )),
             Err(_) => Err(PoolError::Stopped),
         }
     }
@@ -96,7 +102,7 @@ fn lower_priority() {
     {
         let tid = rustix::thread::gettid();
         let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), now.max(NICE)) {
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), (now + NICE).min(19)) {
             tracing::warn!(error = %e, "render thread keeps the normal CPU priority");
         }
     }
@@ -108,11 +114,10 @@ pub fn current_nice() -> i32 {
     rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(0)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
-    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn jobs_run_on_lower_priority_threads_and_a_panic_is_an_error() {
         let base = current_nice();
@@ -129,13 +134,14 @@ mod tests {
         assert!(name.unwrap().starts_with("render-"));
         assert_eq!(
             nice,
-            base.max(NICE),
+            (base + NICE).min(19),
             "the render thread runs at nice {nice}"
         );
         assert_eq!(current_nice(), base, "the caller keeps its priority");
-        assert_eq!(
-            pool.run(|| -> u32 { panic!("boom") }).await,
-            Err(PoolError::Panicked)
+        let failed = pool.run(|| -> u32 { panic!("boom") }).await;
+        assert!(
+            matches!(&failed, Err(PoolError::Panicked(m)) if m.contains("boom")),
+            "{failed:?}"
         );
         // The thread that caught the panic still serves jobs.
         for _ in 0..4 {
