@@ -24,7 +24,7 @@ pub enum PoolError {
 
 /// Threads that live as long as the pool (they exit once it is dropped).
 pub struct Pool {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
     /// How many threads started; with none (the OS refused them all) jobs run on tokio's
     /// blocking pool instead of every one failing with [`PoolError::Stopped`].
     threads: usize,
@@ -57,7 +57,7 @@ impl Pool {
             }
         }
         Pool {
-            jobs: Mutex::new(tx),
+            jobs: tx,
             threads: started,
         }
     }
@@ -77,11 +77,7 @@ impl Pool {
             let result = std::panic::catch_unwind(AssertUnwindSafe(work));
             let _ = tx.send(result);
         });
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| PoolError::Stopped)?;
+        self.jobs.send(job).map_err(|_| PoolError::Stopped)?;
         match rx.await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(panic)) => Err(PoolError::Panicked(
