@@ -1,5 +1,7 @@
-//! The look-back pull-in: after a trigger commits, the unattached events of its window
-//! that match it are moved onto the incident, in bounded chunks, resumable after a crash.
+//! The look-back pull-in: after a unit commits, the unattached events of the windows of
+//! the incidents it opened that match them are moved onto those incidents, in bounded
+//! chunks, resumable after a crash. The incidents a unit opened share their reads: an
+//! alert storm opens several at once, and each window is read once for all of them.
 
 use super::*;
 
@@ -15,113 +17,201 @@ pub(super) const PULL_IN_CHUNK: usize = 512;
 
 pub(super) fn resume_pull_ins(c: &Committing) -> Result<usize, StoreError> {
     let pending = c.store.cursors_with_prefix(PULL_IN_PREFIX)?;
-    let now = Utc::now();
-    for (key, _) in &pending {
-        if let Ok(id) = IncidentId::parse(&key[PULL_IN_PREFIX.len()..]) {
-            pull_in(c, &id, now)?;
-        }
-    }
+    let ids: Vec<IncidentId> = pending
+        .iter()
+        .filter_map(|(key, _)| IncidentId::parse(&key[PULL_IN_PREFIX.len()..]).ok())
+        .collect();
+    pull_in(c, &ids, Utc::now())?;
     Ok(pending.len())
 }
 
-/// Pulls into a newly opened incident the unattached events that name it, the change
+/// One incident being pulled into: its id, trigger time and service.
+struct Target {
+    id: IncidentId,
+    triggered: DateTime<Utc>,
+    service: Option<String>,
+}
+
+impl Target {
+    fn start(&self, d: chrono::Duration) -> DateTime<Utc> {
+        self.triggered
+            .checked_sub_signed(d)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+}
+
+/// A read of the stream: the events naming one incident, or a time window of a part of
+/// the stream with the incidents it is read for.
+enum Pass {
+    Naming(usize),
+    Window {
+        part: StreamPart,
+        from: DateTime<Utc>,
+        targets: Vec<usize>,
+    },
+}
+
+/// Pulls into newly opened incidents the unattached events that name them, the change
 /// events of the long look-back and the other events of the short one (with a service
-/// map, only its service's). Reads the stream's time index in bounded chunks and moves
-/// each chunk in one unit; the cost is the window's, never the stream's.
+/// map, only each incident's service's). Reads the stream's indexes in bounded chunks —
+/// each window once for every incident in `ids`; an event both could take goes to the
+/// first in `ids` — and moves each chunk in one unit. The cost is the windows', never the
+/// stream's.
 pub(super) fn pull_in(
     c: &Committing,
-    id: &IncidentId,
+    ids: &[IncidentId],
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
     let store = c.store.as_ref();
     let correlator = &c.correlator;
-    let marker = pull_in_marker(id);
-    let Some(incident) = store.incident(id)? else {
-        store.forget_cursor(&marker)?;
-        return Ok(0);
-    };
-    let triggered = incident.triggered_at;
-    let start = |d: chrono::Duration| {
-        triggered
-            .checked_sub_signed(d)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC)
-    };
-    let in_window = |e: &Event| {
-        e.occurred_at >= start(correlator.lookback_for(e))
-            && e.occurred_at <= now
-            && (!correlator.has_map() || correlator.service_of(e) == incident.service)
-    };
-    enum Pass {
-        Naming,
-        Window(StreamPart, DateTime<Utc>, DateTime<Utc>),
+    let mut targets = Vec::with_capacity(ids.len());
+    for id in ids {
+        if targets.iter().any(|t: &Target| &t.id == id) {
+            continue;
+        }
+        match store.incident(id)? {
+            Some(incident) => targets.push(Target {
+                id: id.clone(),
+                triggered: incident.triggered_at,
+                service: incident.service,
+            }),
+            None => store.forget_cursor(&pull_in_marker(id))?,
+        }
     }
-    let short = start(correlator.lookback);
-    let mut passes = vec![
-        Pass::Naming,
-        Pass::Window(
-            StreamPart::Changes,
-            start(correlator.change_lookback.max(correlator.lookback)),
-            now,
-        ),
-    ];
+    if targets.is_empty() {
+        return Ok(0);
+    }
+    let long = correlator.change_lookback.max(correlator.lookback);
+    let earliest = |of: &[usize], d: chrono::Duration| {
+        of.iter().map(|&i| targets[i].start(d)).min().unwrap_or(now)
+    };
+    let all: Vec<usize> = (0..targets.len()).collect();
+    let mut passes: Vec<Pass> = (0..targets.len()).map(Pass::Naming).collect();
+    passes.push(Pass::Window {
+        part: StreamPart::Changes,
+        from: earliest(&all, long),
+        targets: all.clone(),
+    });
     match &c.filing {
-        // With a service map, the short window reads the incident's service's filing, and
-        // by time only what is not filed under this map (stored before it, or without
+        // With a service map, the short window reads each incident's service's filing,
+        // and by time only what is not filed under this map (stored before it, or without
         // one): the filed events of other services are skipped undecoded.
         Some(fp) => {
-            let under = correlator.filing_of(fp, incident.service.as_deref());
-            passes.push(Pass::Window(StreamPart::Filed(under), short, now));
-            passes.push(Pass::Window(
-                StreamPart::NotFiledUnder(fp.clone()),
-                short,
-                now,
-            ));
+            let mut services: Vec<(String, Vec<usize>)> = Vec::new();
+            for (i, t) in targets.iter().enumerate() {
+                let under = correlator.filing_of(fp, t.service.as_deref());
+                match services.iter_mut().find(|(u, _)| *u == under) {
+                    Some((_, of)) => of.push(i),
+                    None => services.push((under, vec![i])),
+                }
+            }
+            for (under, of) in services {
+                passes.push(Pass::Window {
+                    part: StreamPart::Filed(under),
+                    from: earliest(&of, correlator.lookback),
+                    targets: of,
+                });
+            }
+            passes.push(Pass::Window {
+                part: StreamPart::NotFiledUnder(fp.clone()),
+                from: earliest(&all, correlator.lookback),
+                targets: all,
+            });
         }
-        None => passes.push(Pass::Window(StreamPart::All, short, now)),
+        None => passes.push(Pass::Window {
+            part: StreamPart::All,
+            from: earliest(&all, correlator.lookback),
+            targets: all,
+        }),
     }
-    let mut moved = 0;
-    for pass in passes {
+    // The first of `of` whose window holds the event.
+    let taker = |e: &Event, of: &[usize]| {
+        of.iter().copied().find(|&i| {
+            let t = &targets[i];
+            e.occurred_at >= t.start(correlator.lookback_for(e))
+                && e.occurred_at <= now
+                && (!correlator.has_map() || correlator.service_of(e) == t.service)
+        })
+    };
+    let mut moved = vec![0usize; targets.len()];
+    for pass in &passes {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let chunk = match &pass {
-                Pass::Naming => store.stream_naming(id, after.as_deref(), PULL_IN_CHUNK)?,
-                Pass::Window(part, from, to) => store.stream_window(
+            let chunk = match pass {
+                Pass::Naming(i) => {
+                    store.stream_naming(&targets[*i].id, after.as_deref(), PULL_IN_CHUNK)?
+                }
+                Pass::Window { part, from, .. } => store.stream_window(
                     part.clone(),
                     *from,
-                    *to,
+                    now,
                     after.as_deref(),
                     PULL_IN_CHUNK,
                 )?,
             };
             let next = chunk.next;
-            let take: Vec<Ulid> = chunk
-                .items
-                .into_iter()
-                .filter(|(_, e)| matches!(pass, Pass::Naming) || in_window(e))
-                .map(|(_, e)| e.id)
-                .collect();
-            if !take.is_empty() {
-                let mut n = 0;
+            // Events stored before this service map (or under another one) were decoded
+            // to be matched: they are filed under this map now, so the next look-back
+            // skips them undecoded (the cost of a map change is paid once).
+            let refiling = match pass {
+                Pass::Window {
+                    part: StreamPart::NotFiledUnder(fp),
+                    ..
+                } => Some(fp),
+                _ => None,
+            };
+            let mut take: Vec<(usize, Ulid)> = Vec::new();
+            let mut refile: Vec<(Event, String)> = Vec::new();
+            for (_, e) in chunk.items {
+                let at = match pass {
+                    Pass::Naming(i) => Some(*i),
+                    Pass::Window { targets: of, .. } => taker(&e, of),
+                };
+                match (at, refiling) {
+                    (Some(i), _) => take.push((i, e.id)),
+                    (None, Some(fp)) => {
+                        let under = correlator.filing_of(fp, correlator.service_of(&e).as_deref());
+                        refile.push((e, under));
+                    }
+                    (None, None) => {}
+                }
+            }
+            if !take.is_empty() || !refile.is_empty() {
+                let mut n = vec![0usize; targets.len()];
                 store.write(&mut |tx| {
-                    n = 0;
-                    let Some(mut incident) = tx.incident(id)? else {
-                        return Ok(());
-                    };
-                    for event_id in &take {
-                        if let Some(mut event) = tx.remove_stream_event(*event_id)? {
-                            append(
-                                tx,
-                                &mut incident,
-                                &mut event,
-                                CorrelationRule::LookBack,
-                                now,
-                            )?;
-                            n += 1;
+                    n.iter_mut().for_each(|n| *n = 0);
+                    for (event, under) in &refile {
+                        // Unless retention took it in between.
+                        if tx.stream_event(event.id)?.is_some() {
+                            tx.file_stream_event(event, under)?;
                         }
                     }
-                    tx.put_incident(&incident)
+                    for (i, t) in targets.iter().enumerate() {
+                        let mine = take.iter().filter(|(at, _)| *at == i).map(|(_, id)| id);
+                        let mut mine = mine.peekable();
+                        if mine.peek().is_none() {
+                            continue;
+                        }
+                        let Some(mut incident) = tx.incident(&t.id)? else {
+                            continue;
+                        };
+                        for event_id in mine {
+                            if let Some(mut event) = tx.remove_stream_event(*event_id)? {
+                                append(
+                                    tx,
+                                    &mut incident,
+                                    &mut event,
+                                    CorrelationRule::LookBack,
+                                    now,
+                                )?;
+                                n[i] += 1;
+                            }
+                        }
+                        tx.put_incident(&incident)?;
+                    }
+                    Ok(())
                 })?;
-                moved += n;
+                moved.iter_mut().zip(&n).for_each(|(m, n)| *m += n);
             }
             match next {
                 Some(k) => after = Some(k),
@@ -129,11 +219,13 @@ pub(super) fn pull_in(
             }
         }
     }
-    // Every chunk moved is flushed already; the marker's removal need not be (a lost one
-    // repeats this pull-in, which then finds nothing).
-    store.forget_cursor(&marker)?;
-    if moved > 0 {
-        tracing::info!(incident = %id, events = moved, "pulled in from the look-back window");
+    // Every chunk moved is flushed already; the markers' removal need not be (a lost one
+    // repeats its pull-in, which then finds nothing).
+    for (t, moved) in targets.iter().zip(&moved) {
+        store.forget_cursor(&pull_in_marker(&t.id))?;
+        if *moved > 0 {
+            tracing::info!(incident = %t.id, events = moved, "pulled in from the look-back window");
+        }
     }
-    Ok(moved)
+    Ok(moved.iter().sum())
 }

@@ -176,7 +176,8 @@ pub trait WriteTx {
     fn put_stream_event(&mut self, event: &Event) -> Result<(), StoreError>;
     /// Appends an event to the unattached stream filed under `filed_under` (the service
     /// map's fingerprint and the service it maps the event to), so a look-back with a map
-    /// reads only its service's events.
+    /// reads only its service's events. An event already in the stream is filed again
+    /// (its earlier filing, under another map, goes).
     fn file_stream_event(&mut self, event: &Event, filed_under: &str) -> Result<(), StoreError>;
     /// An unattached event, if it is still in the stream.
     fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError>;

@@ -499,9 +499,16 @@ impl WriteTx for SledTx<'_> {
     }
 
     fn file_stream_event(&mut self, event: &Event, filed_under: &str) -> Result<(), StoreError> {
-        self.put_stream_event(event)?;
         let t = time_key(event.occurred_at);
         let ulid = event.id.to_bytes();
+        // Filed again (under another map): its earlier filing goes.
+        if let Some(before) = self.index.get(ix_key(IX_STREAM_TIME, &[&t, &ulid]))? {
+            if !before.is_empty() && before != filed_under.as_bytes() {
+                self.index
+                    .remove(ix_key(IX_STREAM_FILED, &[&before, &[0], &t, &ulid]))?;
+            }
+        }
+        self.put_stream_event(event)?;
         // The time key's value remembers where the event is filed, for its removal.
         self.index
             .insert(ix_key(IX_STREAM_TIME, &[&t, &ulid]), filed_under.as_bytes())?;

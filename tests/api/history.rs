@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use chrono::{Duration, Utc};
 use incidentpost::domain::{Event, EventKind, Source};
+use incidentpost::store::StreamPart;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -395,6 +396,146 @@ async fn renders_queue_on_a_bounded_pool_and_webhooks_keep_answering_while_it_is
     // A second download of a rendered draft comes from the cache, not the pool.
     let again = app.get("/incidents/PBIG0/pack.zip").await;
     assert_eq!(again.status(), 200);
+}
+
+/// An open incident as a unit that opened it leaves it, with its pull-in still to do.
+fn opened_incident(
+    id: &str,
+    service: Option<&str>,
+    age: Duration,
+) -> incidentpost::domain::Incident {
+    let at = Utc::now() - age;
+    let mut incident: incidentpost::domain::Incident = serde_json::from_value(serde_json::json!({
+        "id": id, "title": id, "status": "triggered", "opened_by": "pagerduty",
+        "triggered_at": at, "reopen_count": 0, "event_count": 0, "next_seq": 0,
+        "updated_at": at
+    }))
+    .unwrap();
+    incident.service = service.map(str::to_owned);
+    incident
+}
+
+/// Stores incidents with their `pullin:` markers and unattached events, as if the unit
+/// that opened them had committed and the process had stopped before their pull-ins;
+/// restarts on `map`: the committer then pulls them all in together.
+async fn pull_in_together(
+    incidents: &[incidentpost::domain::Incident],
+    stream: &[Event],
+    map: &str,
+) -> TestApp {
+    let app = spawn_app().await;
+    // The committer takes work only once it has looked for pull-ins to resume: after this
+    // answer, the markers below wait for the restart.
+    app.ingest
+        .submit(incidentpost::ingest::Submission {
+            delivery_keys: Vec::new(),
+            events: Vec::new(),
+            raw: Vec::new(),
+            cursors: Vec::new(),
+            incident: None,
+        })
+        .await
+        .unwrap();
+    app.store
+        .write(&mut |tx| {
+            for e in stream {
+                tx.put_stream_event(e)?;
+            }
+            for i in incidents {
+                tx.put_incident(i)?;
+                tx.put_cursor(&format!("pullin:{}", i.id), &i.triggered_at.to_rfc3339())?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let dir = app.stop().await;
+    let app = spawn_app_with(map, Some(dir)).await;
+    app.settle_pull_ins().await;
+    app
+}
+
+fn titles(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["title"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn incidents_opened_together_share_one_read_and_each_event_joins_one_of_them() {
+    // Without a map every event of the short window matches both: the first opened takes
+    // it, except the event that names the second one.
+    let mut named = old_alert(Duration::minutes(3), 1);
+    named.title = "names PTOGB".into();
+    named.keys.insert("incident_ref".into(), "PTOGB".into());
+    let mut plain = old_alert(Duration::minutes(3), 2);
+    plain.title = "names nobody".into();
+    let app = pull_in_together(
+        &[
+            opened_incident("PTOGA", None, Duration::minutes(1)),
+            opened_incident("PTOGB", None, Duration::minutes(1)),
+        ],
+        &[named, plain],
+        "",
+    )
+    .await;
+    assert_eq!(titles(&app.events("PTOGA").await), ["names nobody"]);
+    let b = app.events("PTOGB").await;
+    assert_eq!(titles(&b), ["names PTOGB"]);
+    assert_eq!(b[0]["correlation"], "look_back");
+    let left = app.get_json("/events/unattached").await;
+    assert_eq!(left["events"].as_array().unwrap().len(), 0, "{left:#}");
+}
+
+#[tokio::test]
+async fn incidents_of_two_services_opened_together_each_take_their_own_service() {
+    let alert = |service: &str, n: usize| {
+        let mut e = old_alert(Duration::minutes(5), n);
+        e.title = format!("{service} alert");
+        e.service = Some(service.into());
+        e
+    };
+    let app = pull_in_together(
+        &[
+            opened_incident("PTOGAPI", Some("api"), Duration::minutes(1)),
+            opened_incident("PTOGWEB", Some("web"), Duration::minutes(1)),
+        ],
+        &[alert("web", 1), alert("api", 2), alert("other", 3)],
+        MAP,
+    )
+    .await;
+    assert_eq!(titles(&app.events("PTOGAPI").await), ["api alert"]);
+    assert_eq!(titles(&app.events("PTOGWEB").await), ["web alert"]);
+    let left = app.get_json("/events/unattached").await;
+    assert_eq!(titles(left["events"].as_array().unwrap()), ["other alert"]);
+    // Stored before the map, the event left behind was decoded once to be matched: it is
+    // filed under the map now, so the next look-back skips it undecoded.
+    let fp = incidentpost::correlate::Correlator::from_settings(&test_settings(
+        app.data_dir.path(),
+        MAP,
+    ))
+    .map_fingerprint()
+    .unwrap();
+    let (from, to) = (Utc::now() - Duration::hours(1), Utc::now());
+    let read = |part| {
+        app.store
+            .stream_window(part, from, to, None, 100)
+            .unwrap()
+            .items
+    };
+    assert!(read(StreamPart::NotFiledUnder(fp.clone())).is_empty());
+    let filed = read(StreamPart::Filed(format!("{fp}:")));
+    assert_eq!(filed.len(), 1);
+    assert_eq!(filed[0].1.title, "other alert");
+    // Filed again, not copied: the stream holds it once.
+    assert_eq!(read(StreamPart::All).len(), 1);
+    assert_eq!(
+        app.get_json("/events/unattached").await["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 const MAP: &str = r#"
