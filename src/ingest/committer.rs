@@ -139,15 +139,16 @@ pub(super) async fn commit_batch(
                 let _ = reply.send(Ok(receipt));
             }
             // The look-back of the incidents this unit opened (one read of each window for
-            // all of them), once their webhooks are answered: the trigger is durable already, and its sender need not wait for
-            // the window to be read. It runs before the next unit, which sees what it
-            // moved; a failed pull-in keeps its marker and is retried at the next start.
+            // all of them), once their webhooks are answered: the trigger is durable
+            // already, and its sender need not wait for the window to be read. It runs
+            // before the next unit, which sees what it moved; a failed pull-in keeps its
+            // marker and is retried at the next start.
             if !opened.is_empty() {
                 let work = c.clone();
                 let pulled = tokio::task::spawn_blocking(move || {
                     let started = std::time::Instant::now();
-                    if let Err(e) = pull_in(&work, &opened, now) {
-                        tracing::error!(incidents = ?opened, error = %e, "look-back pull-in failed; retried at the next start");
+                    if let Err(e) = pull_in_each_if_need_be(&work, &opened, now) {
+                        tracing::error!(error = %e, "a look-back pull-in failed; retried at the next start");
                     }
                     metrics::histogram!("incidentpost_pull_in_duration_seconds")
                         .record(started.elapsed());

@@ -17,12 +17,49 @@ pub(super) const PULL_IN_CHUNK: usize = 512;
 
 pub(super) fn resume_pull_ins(c: &Committing) -> Result<usize, StoreError> {
     let pending = c.store.cursors_with_prefix(PULL_IN_PREFIX)?;
-    let ids: Vec<IncidentId> = pending
+    // In the order they were opened (the marker holds the trigger time), as the
+    // committer would have pulled them in.
+    let mut ids: Vec<(Option<DateTime<Utc>>, IncidentId)> = pending
         .iter()
-        .filter_map(|(key, _)| IncidentId::parse(&key[PULL_IN_PREFIX.len()..]).ok())
+        .filter_map(|(key, at)| {
+            let id = IncidentId::parse(&key[PULL_IN_PREFIX.len()..]).ok()?;
+            let at = DateTime::parse_from_rfc3339(at).ok().map(|t| t.to_utc());
+            Some((at, id))
+        })
         .collect();
-    pull_in(c, &ids, Utc::now())?;
+    ids.sort();
+    let ids: Vec<IncidentId> = ids.into_iter().map(|(_, id)| id).collect();
+    pull_in_each_if_need_be(c, &ids, Utc::now())?;
     Ok(pending.len())
+}
+
+/// [`pull_in`] of them all together; if that fails, of each alone, so one incident's
+/// failure does not hold back the others' look-backs (a failed one keeps its marker and
+/// is retried at the next start). The first error is returned.
+pub(super) fn pull_in_each_if_need_be(
+    c: &Committing,
+    ids: &[IncidentId],
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    match pull_in(c, ids, now) {
+        Ok(n) => Ok(n),
+        Err(e) if ids.len() > 1 => {
+            tracing::warn!(error = %e, incidents = ids.len(), "shared look-back failed; pulling each incident in alone");
+            let mut moved = 0;
+            let mut first = None;
+            for id in ids {
+                match pull_in(c, std::slice::from_ref(id), now) {
+                    Ok(n) => moved += n,
+                    Err(e) => {
+                        tracing::error!(incident = %id, error = %e, "look-back pull-in failed; retried at the next start");
+                        first.get_or_insert(e);
+                    }
+                }
+            }
+            first.map_or(Ok(moved), Err)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// One incident being pulled into: its id, trigger time and service.
@@ -54,9 +91,9 @@ enum Pass {
 /// Pulls into newly opened incidents the unattached events that name them, the change
 /// events of the long look-back and the other events of the short one (with a service
 /// map, only each incident's service's). Reads the stream's indexes in bounded chunks —
-/// each window once for every incident in `ids`; an event both could take goes to the
-/// first in `ids` — and moves each chunk in one unit. The cost is the windows', never the
-/// stream's.
+/// first the events naming each incident, then each window once for every incident in
+/// `ids`, an event two could take going to the first in `ids` — and moves each chunk in
+/// one unit. The cost is the windows', never the stream's.
 pub(super) fn pull_in(
     c: &Committing,
     ids: &[IncidentId],
@@ -181,10 +218,7 @@ pub(super) fn pull_in(
                 store.write(&mut |tx| {
                     n.iter_mut().for_each(|n| *n = 0);
                     for (event, under) in &refile {
-                        // Unless retention took it in between.
-                        if tx.stream_event(event.id)?.is_some() {
-                            tx.file_stream_event(event, under)?;
-                        }
+                        tx.refile_stream_event(event.id, event.occurred_at, under)?;
                     }
                     for (i, t) in targets.iter().enumerate() {
                         let mine = take.iter().filter(|(at, _)| *at == i).map(|(_, id)| id);

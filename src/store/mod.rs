@@ -176,9 +176,18 @@ pub trait WriteTx {
     fn put_stream_event(&mut self, event: &Event) -> Result<(), StoreError>;
     /// Appends an event to the unattached stream filed under `filed_under` (the service
     /// map's fingerprint and the service it maps the event to), so a look-back with a map
-    /// reads only its service's events. An event already in the stream is filed again
-    /// (its earlier filing, under another map, goes).
+    /// reads only its service's events.
     fn file_stream_event(&mut self, event: &Event, filed_under: &str) -> Result<(), StoreError>;
+    /// Files an event already in the unattached stream under `filed_under` instead of
+    /// where it was filed (a look-back matched it under a service map it was not filed
+    /// under). Only its index moves; an event no longer in the stream stays gone. True
+    /// when it was there.
+    fn refile_stream_event(
+        &mut self,
+        id: Ulid,
+        occurred_at: DateTime<Utc>,
+        filed_under: &str,
+    ) -> Result<bool, StoreError>;
     /// An unattached event, if it is still in the stream.
     fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError>;
     /// Removes an event from the unattached stream and its indexes (when an incident

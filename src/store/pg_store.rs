@@ -518,6 +518,20 @@ impl WriteTx for PgTx<'_> {
         insert_stream(&mut |sql, p| self.exec(sql, p), event, Some(filed_under))
     }
 
+    fn refile_stream_event(
+        &mut self,
+        id: Ulid,
+        _occurred_at: DateTime<Utc>,
+        filed_under: &str,
+    ) -> Result<bool, StoreError> {
+        // An UPDATE: a row another process removed in between is not brought back.
+        let n = self.exec(
+            "UPDATE stream SET filed_under = $2 WHERE id = $1",
+            &[&id.to_string(), &filed_under],
+        )?;
+        Ok(n > 0)
+    }
+
     fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError> {
         let row = self.q_opt("SELECT event FROM stream WHERE id = $1", &[&id.to_string()])?;
         Ok(row.map(|r| r.get::<_, Json<Event>>(0).0))

@@ -499,16 +499,9 @@ impl WriteTx for SledTx<'_> {
     }
 
     fn file_stream_event(&mut self, event: &Event, filed_under: &str) -> Result<(), StoreError> {
+        self.put_stream_event(event)?;
         let t = time_key(event.occurred_at);
         let ulid = event.id.to_bytes();
-        // Filed again (under another map): its earlier filing goes.
-        if let Some(before) = self.index.get(ix_key(IX_STREAM_TIME, &[&t, &ulid]))? {
-            if !before.is_empty() && before != filed_under.as_bytes() {
-                self.index
-                    .remove(ix_key(IX_STREAM_FILED, &[&before, &[0], &t, &ulid]))?;
-            }
-        }
-        self.put_stream_event(event)?;
         // The time key's value remembers where the event is filed, for its removal.
         self.index
             .insert(ix_key(IX_STREAM_TIME, &[&t, &ulid]), filed_under.as_bytes())?;
@@ -517,6 +510,34 @@ impl WriteTx for SledTx<'_> {
             &[],
         )?;
         Ok(())
+    }
+
+    fn refile_stream_event(
+        &mut self,
+        id: Ulid,
+        occurred_at: DateTime<Utc>,
+        filed_under: &str,
+    ) -> Result<bool, StoreError> {
+        let t = time_key(occurred_at);
+        let ulid = id.to_bytes();
+        let time = ix_key(IX_STREAM_TIME, &[&t, &ulid]);
+        // The time key's value is where the event is filed; no key: not in the stream.
+        let Some(before) = self.index.get(&time)? else {
+            return Ok(false);
+        };
+        if before == filed_under.as_bytes() {
+            return Ok(true);
+        }
+        if !before.is_empty() {
+            self.index
+                .remove(ix_key(IX_STREAM_FILED, &[&before, &[0], &t, &ulid]))?;
+        }
+        self.index.insert(time, filed_under.as_bytes())?;
+        self.index.insert(
+            ix_key(IX_STREAM_FILED, &[filed_under.as_bytes(), &[0], &t, &ulid]),
+            &[],
+        )?;
+        Ok(true)
     }
 
     fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError> {

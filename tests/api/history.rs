@@ -463,26 +463,27 @@ fn titles(events: &[Value]) -> Vec<&str> {
 
 #[tokio::test]
 async fn incidents_opened_together_share_one_read_and_each_event_joins_one_of_them() {
-    // Without a map every event of the short window matches both: the first opened takes
-    // it, except the event that names the second one.
+    // Without a map every event of the short window matches both: the first opened (after
+    // a restart: the first triggered, PTOGZ) takes it, except the event that names the
+    // other one.
     let mut named = old_alert(Duration::minutes(3), 1);
-    named.title = "names PTOGB".into();
-    named.keys.insert("incident_ref".into(), "PTOGB".into());
+    named.title = "names PTOGA".into();
+    named.keys.insert("incident_ref".into(), "PTOGA".into());
     let mut plain = old_alert(Duration::minutes(3), 2);
     plain.title = "names nobody".into();
     let app = pull_in_together(
         &[
             opened_incident("PTOGA", None, Duration::minutes(1)),
-            opened_incident("PTOGB", None, Duration::minutes(1)),
+            opened_incident("PTOGZ", None, Duration::minutes(2)),
         ],
         &[named, plain],
         "",
     )
     .await;
-    assert_eq!(titles(&app.events("PTOGA").await), ["names nobody"]);
-    let b = app.events("PTOGB").await;
-    assert_eq!(titles(&b), ["names PTOGB"]);
-    assert_eq!(b[0]["correlation"], "look_back");
+    assert_eq!(titles(&app.events("PTOGZ").await), ["names nobody"]);
+    let a = app.events("PTOGA").await;
+    assert_eq!(titles(&a), ["names PTOGA"]);
+    assert_eq!(a[0]["correlation"], "look_back");
     let left = app.get_json("/events/unattached").await;
     assert_eq!(left["events"].as_array().unwrap().len(), 0, "{left:#}");
 }
@@ -510,12 +511,7 @@ async fn incidents_of_two_services_opened_together_each_take_their_own_service()
     assert_eq!(titles(left["events"].as_array().unwrap()), ["other alert"]);
     // Stored before the map, the event left behind was decoded once to be matched: it is
     // filed under the map now, so the next look-back skips it undecoded.
-    let fp = incidentpost::correlate::Correlator::from_settings(&test_settings(
-        app.data_dir.path(),
-        MAP,
-    ))
-    .map_fingerprint()
-    .unwrap();
+    let fp = fingerprint(&app, MAP);
     let (from, to) = (Utc::now() - Duration::hours(1), Utc::now());
     let read = |part| {
         app.store
@@ -527,15 +523,69 @@ async fn incidents_of_two_services_opened_together_each_take_their_own_service()
     let filed = read(StreamPart::Filed(format!("{fp}:")));
     assert_eq!(filed.len(), 1);
     assert_eq!(filed[0].1.title, "other alert");
-    // Filed again, not copied: the stream holds it once.
-    assert_eq!(read(StreamPart::All).len(), 1);
-    assert_eq!(
-        app.get_json("/events/unattached").await["events"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
+}
+
+/// The fingerprint the service map `map` files unattached events under.
+fn fingerprint(app: &TestApp, map: &str) -> String {
+    incidentpost::correlate::Correlator::from_settings(&test_settings(app.data_dir.path(), map))
+        .map_fingerprint()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn after_a_map_change_a_look_back_files_what_it_read_under_the_new_map_only() {
+    let app = spawn_app_with(MAP, None).await;
+    let web = datadog_alert(
+        "refile-web",
+        "Triggered",
+        "web under the old map",
+        "crw",
+        "service:web",
+        Utc::now() - Duration::minutes(5),
     );
+    assert_eq!(app.post_datadog(&web).await.status(), 202);
+    let old = fingerprint(&app, MAP);
+    let dir = app.stop().await;
+
+    let changed = format!("{MAP}\n[[services]]\nname = \"db\"\ndatadog = [\"service:db\"]\n");
+    let app = spawn_app_with(&changed, Some(dir)).await;
+    let new = fingerprint(&app, &changed);
+    assert_ne!(old, new);
+    let trigger = pd_v3_on(
+        "API Service",
+        "incident.triggered",
+        "PREFILE",
+        "01REFILE",
+        &at_offset(0),
+    );
+    assert_eq!(app.post_pagerduty(&trigger).await.status(), 202);
+    assert!(!titles(&app.events("PREFILE").await).contains(&"Alert: web under the old map"));
+    let (from, to) = (Utc::now() - Duration::hours(1), Utc::now());
+    let read = |part| {
+        app.store
+            .stream_window(part, from, to, None, 100)
+            .unwrap()
+            .items
+    };
+    let filed = read(StreamPart::Filed(format!("{new}:web")));
+    assert_eq!(filed.len(), 1, "filed under the new map");
+    assert_eq!(filed[0].1.title, "Alert: web under the old map");
+    assert!(
+        read(StreamPart::Filed(format!("{old}:web"))).is_empty(),
+        "and no longer under the old one"
+    );
+    assert!(read(StreamPart::NotFiledUnder(new)).is_empty());
+    // Still one unattached event, found by a later incident of its service.
+    let trigger = pd_v3_on(
+        "Web",
+        "incident.triggered",
+        "PREFWEB",
+        "01REFWEB",
+        &at_offset(0),
+    );
+    assert_eq!(app.post_pagerduty(&trigger).await.status(), 202);
+    assert!(titles(&app.events("PREFWEB").await).contains(&"Alert: web under the old map"));
+    assert!(read(StreamPart::All).is_empty());
 }
 
 const MAP: &str = r#"
