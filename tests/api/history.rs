@@ -131,14 +131,8 @@ async fn a_pull_in_interrupted_by_a_crash_is_finished_at_the_next_start() {
     assert_eq!(app.post_datadog(&dd).await.status(), 202);
     // What a crash right after the trigger's unit leaves: the incident and its marker,
     // the stream untouched.
-    let trigger_at = Utc::now() - Duration::minutes(1);
-    let mut incident: incidentpost::domain::Incident = serde_json::from_value(serde_json::json!({
-        "id": "PCRASH", "title": "crash", "status": "triggered", "opened_by": "pagerduty",
-        "triggered_at": trigger_at, "reopen_count": 0, "event_count": 0, "next_seq": 0,
-        "updated_at": trigger_at
-    }))
-    .unwrap();
-    incident.service = None;
+    let incident = opened_incident("PCRASH", None, Duration::minutes(1));
+    let trigger_at = incident.triggered_at;
     app.store
         .write(&mut |tx| {
             tx.put_incident(&incident)?;
