@@ -148,7 +148,7 @@ pub(super) async fn commit_batch(
                 let pulled = tokio::task::spawn_blocking(move || {
                     let started = std::time::Instant::now();
                     if let Err(e) = pull_in_each_if_need_be(&work, &opened, now) {
-                        tracing::error!(error = %e, "a look-back pull-in failed; retried at the next start");
+                        tracing::error!(incidents = ?opened, error = %e, "a look-back pull-in failed; retried at the next start");
                     }
                     metrics::histogram!("incidentpost_pull_in_duration_seconds")
                         .record(started.elapsed());
