@@ -197,33 +197,32 @@ pub(super) fn pull_in(
                 } => Some(fp),
                 _ => None,
             };
-            let mut take: Vec<(usize, Ulid)> = Vec::new();
-            let mut refile: Vec<(Event, String)> = Vec::new();
+            // What each target takes of this chunk, by position in `targets`.
+            let mut take: Vec<Vec<Ulid>> = vec![Vec::new(); targets.len()];
+            let mut refile: Vec<(Ulid, DateTime<Utc>, String)> = Vec::new();
             for (_, e) in chunk.items {
                 let at = match pass {
                     Pass::Naming(i) => Some(*i),
                     Pass::Window { targets: of, .. } => taker(&e, of),
                 };
                 match (at, refiling) {
-                    (Some(i), _) => take.push((i, e.id)),
+                    (Some(i), _) => take[i].push(e.id),
                     (None, Some(fp)) => {
                         let under = correlator.filing_of(fp, correlator.service_of(&e).as_deref());
-                        refile.push((e, under));
+                        refile.push((e.id, e.occurred_at, under));
                     }
                     (None, None) => {}
                 }
             }
-            if !take.is_empty() || !refile.is_empty() {
+            if take.iter().any(|t| !t.is_empty()) || !refile.is_empty() {
                 let mut n = vec![0usize; targets.len()];
                 store.write(&mut |tx| {
                     n.iter_mut().for_each(|n| *n = 0);
-                    for (event, under) in &refile {
-                        tx.refile_stream_event(event.id, event.occurred_at, under)?;
+                    for (id, occurred_at, under) in &refile {
+                        tx.refile_stream_event(*id, *occurred_at, under)?;
                     }
-                    for (i, t) in targets.iter().enumerate() {
-                        let mine = take.iter().filter(|(at, _)| *at == i).map(|(_, id)| id);
-                        let mut mine = mine.peekable();
-                        if mine.peek().is_none() {
+                    for ((t, mine), n) in targets.iter().zip(&take).zip(n.iter_mut()) {
+                        if mine.is_empty() {
                             continue;
                         }
                         let Some(mut incident) = tx.incident(&t.id)? else {
@@ -238,7 +237,7 @@ pub(super) fn pull_in(
                                     CorrelationRule::LookBack,
                                     now,
                                 )?;
-                                n[i] += 1;
+                                *n += 1;
                             }
                         }
                         tx.put_incident(&incident)?;

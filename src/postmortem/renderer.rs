@@ -288,6 +288,15 @@ impl Renderer {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, RenderFailure> {
         let permit = self.slot().await?;
+        self.on_pool(permit, work).await
+    }
+
+    /// Runs `work` on a render thread, holding `permit` (its render slot) until it ends.
+    async fn on_pool<T: Send + 'static>(
+        &self,
+        permit: OwnedSemaphorePermit,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RenderFailure> {
         self.pool
             .run(move || {
                 let _permit = permit;
@@ -318,13 +327,8 @@ impl Renderer {
     ) -> Result<Arc<Rendered>, RenderFailure> {
         let this = self.clone();
         let key = id.clone();
-        self.pool
-            .run(move || {
-                let _permit = permit;
-                this.render_blocking(&key)
-            })
-            .await
-            .map_err(|e| RenderFailure::Task(e.to_string()))?
+        self.on_pool(permit, move || this.render_blocking(&key))
+            .await?
     }
 
     /// The render itself, on the calling (blocking) thread.

@@ -180,14 +180,13 @@ pub trait WriteTx {
     fn file_stream_event(&mut self, event: &Event, filed_under: &str) -> Result<(), StoreError>;
     /// Files an event already in the unattached stream under `filed_under` instead of
     /// where it was filed (a look-back matched it under a service map it was not filed
-    /// under). Only its index moves; an event no longer in the stream stays gone. True
-    /// when it was there.
+    /// under). Only its index moves; an event no longer in the stream stays gone.
     fn refile_stream_event(
         &mut self,
         id: Ulid,
         occurred_at: DateTime<Utc>,
         filed_under: &str,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<(), StoreError>;
     /// An unattached event, if it is still in the stream.
     fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError>;
     /// Removes an event from the unattached stream and its indexes (when an incident

@@ -523,13 +523,13 @@ impl WriteTx for PgTx<'_> {
         id: Ulid,
         _occurred_at: DateTime<Utc>,
         filed_under: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         // An UPDATE: a row another process removed in between is not brought back.
-        let n = self.exec(
+        self.exec(
             "UPDATE stream SET filed_under = $2 WHERE id = $1",
             &[&id.to_string(), &filed_under],
         )?;
-        Ok(n > 0)
+        Ok(())
     }
 
     fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError> {

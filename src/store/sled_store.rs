@@ -107,6 +107,11 @@ fn stream_index_keys(e: &Event) -> Vec<Vec<u8>> {
     keys
 }
 
+/// The key that files a stream event under `filed_under` (see [`StreamPart::Filed`]).
+fn filed_key(filed_under: &[u8], t: &[u8; 8], ulid: &[u8; 16]) -> Vec<u8> {
+    ix_key(IX_STREAM_FILED, &[filed_under, &[0], t, ulid])
+}
+
 /// The ULID at the end of a stream index key.
 fn ulid_of_key(k: &[u8]) -> Option<Ulid> {
     let tail = k.get(k.len().checked_sub(16)?..)?;
@@ -384,6 +389,21 @@ struct SledTx<'a> {
 }
 
 impl SledTx<'_> {
+    /// Files a stream event: its time key's value remembers where (for its removal), and
+    /// the filing key lists it under `filed_under`.
+    fn set_filing(
+        &self,
+        t: &[u8; 8],
+        ulid: &[u8; 16],
+        filed_under: &str,
+    ) -> Result<(), StoreError> {
+        self.index
+            .insert(ix_key(IX_STREAM_TIME, &[t, ulid]), filed_under.as_bytes())?;
+        self.index
+            .insert(filed_key(filed_under.as_bytes(), t, ulid), &[])?;
+        Ok(())
+    }
+
     fn bump_incident_count(&self) -> Result<(), StoreError> {
         let n = self
             .meta
@@ -500,16 +520,11 @@ impl WriteTx for SledTx<'_> {
 
     fn file_stream_event(&mut self, event: &Event, filed_under: &str) -> Result<(), StoreError> {
         self.put_stream_event(event)?;
-        let t = time_key(event.occurred_at);
-        let ulid = event.id.to_bytes();
-        // The time key's value remembers where the event is filed, for its removal.
-        self.index
-            .insert(ix_key(IX_STREAM_TIME, &[&t, &ulid]), filed_under.as_bytes())?;
-        self.index.insert(
-            ix_key(IX_STREAM_FILED, &[filed_under.as_bytes(), &[0], &t, &ulid]),
-            &[],
-        )?;
-        Ok(())
+        self.set_filing(
+            &time_key(event.occurred_at),
+            &event.id.to_bytes(),
+            filed_under,
+        )
     }
 
     fn refile_stream_event(
@@ -517,27 +532,20 @@ impl WriteTx for SledTx<'_> {
         id: Ulid,
         occurred_at: DateTime<Utc>,
         filed_under: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let t = time_key(occurred_at);
         let ulid = id.to_bytes();
-        let time = ix_key(IX_STREAM_TIME, &[&t, &ulid]);
         // The time key's value is where the event is filed; no key: not in the stream.
-        let Some(before) = self.index.get(&time)? else {
-            return Ok(false);
+        let Some(before) = self.index.get(ix_key(IX_STREAM_TIME, &[&t, &ulid]))? else {
+            return Ok(());
         };
         if before == filed_under.as_bytes() {
-            return Ok(true);
+            return Ok(());
         }
         if !before.is_empty() {
-            self.index
-                .remove(ix_key(IX_STREAM_FILED, &[&before, &[0], &t, &ulid]))?;
+            self.index.remove(filed_key(&before, &t, &ulid))?;
         }
-        self.index.insert(time, filed_under.as_bytes())?;
-        self.index.insert(
-            ix_key(IX_STREAM_FILED, &[filed_under.as_bytes(), &[0], &t, &ulid]),
-            &[],
-        )?;
-        Ok(true)
+        self.set_filing(&t, &ulid, filed_under)
     }
 
     fn stream_event(&self, id: Ulid) -> Result<Option<Event>, StoreError> {
@@ -557,8 +565,7 @@ impl WriteTx for SledTx<'_> {
         let ulid = id.to_bytes();
         if let Some(filed) = self.index.get(ix_key(IX_STREAM_TIME, &[&t, &ulid]))? {
             if !filed.is_empty() {
-                self.index
-                    .remove(ix_key(IX_STREAM_FILED, &[&filed, &[0], &t, &ulid]))?;
+                self.index.remove(filed_key(&filed, &t, &ulid))?;
             }
         }
         for k in stream_index_keys(&event) {

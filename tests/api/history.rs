@@ -132,14 +132,7 @@ async fn a_pull_in_interrupted_by_a_crash_is_finished_at_the_next_start() {
     // What a crash right after the trigger's unit leaves: the incident and its marker,
     // the stream untouched.
     let incident = opened_incident("PCRASH", None, Duration::minutes(1));
-    let trigger_at = incident.triggered_at;
-    app.store
-        .write(&mut |tx| {
-            tx.put_incident(&incident)?;
-            tx.put_cursor("pullin:PCRASH", &trigger_at.to_rfc3339())
-        })
-        .unwrap();
-    let dir = app.stop().await;
+    let dir = stop_before_pull_ins(app, &[incident], &[]).await;
     let app = spawn_app_with("", Some(dir)).await;
     // The committer finishes the pull-in before it takes anything new.
     let other = pd_v3("incident.triggered", "PNEXT", "01NEXT", &at_offset(0));
@@ -410,14 +403,13 @@ fn opened_incident(
 }
 
 /// Stores incidents with their `pullin:` markers and unattached events, as if the unit
-/// that opened them had committed and the process had stopped before their pull-ins;
-/// restarts on `map`: the committer then pulls them all in together.
-async fn pull_in_together(
+/// that opened them had committed, and stops `app` before their pull-ins: the next start
+/// on the returned directory pulls them all in together.
+async fn stop_before_pull_ins(
+    app: TestApp,
     incidents: &[incidentpost::domain::Incident],
     stream: &[Event],
-    map: &str,
-) -> TestApp {
-    let app = spawn_app().await;
+) -> std::sync::Arc<tempfile::TempDir> {
     // The committer takes work only once it has looked for pull-ins to resume: after this
     // answer, the markers below wait for the restart.
     app.ingest
@@ -442,10 +434,28 @@ async fn pull_in_together(
             Ok(())
         })
         .unwrap();
-    let dir = app.stop().await;
+    app.stop().await
+}
+
+/// [`stop_before_pull_ins`] on a fresh store, then a restart on `map` and its pull-ins.
+async fn pull_in_together(
+    incidents: &[incidentpost::domain::Incident],
+    stream: &[Event],
+    map: &str,
+) -> TestApp {
+    let dir = stop_before_pull_ins(spawn_app().await, incidents, stream).await;
     let app = spawn_app_with(map, Some(dir)).await;
     app.settle_pull_ins().await;
     app
+}
+
+/// The unattached events of the last hour in `part` of the stream.
+fn stream_part(app: &TestApp, part: StreamPart) -> Vec<incidentpost::store::Keyed> {
+    let (from, to) = (Utc::now() - Duration::hours(1), Utc::now());
+    app.store
+        .stream_window(part, from, to, None, 100)
+        .unwrap()
+        .items
 }
 
 fn titles(events: &[Value]) -> Vec<&str> {
@@ -506,13 +516,7 @@ async fn incidents_of_two_services_opened_together_each_take_their_own_service()
     // Stored before the map, the event left behind was decoded once to be matched: it is
     // filed under the map now, so the next look-back skips it undecoded.
     let fp = fingerprint(&app, MAP);
-    let (from, to) = (Utc::now() - Duration::hours(1), Utc::now());
-    let read = |part| {
-        app.store
-            .stream_window(part, from, to, None, 100)
-            .unwrap()
-            .items
-    };
+    let read = |part| stream_part(&app, part);
     assert!(read(StreamPart::NotFiledUnder(fp.clone())).is_empty());
     let filed = read(StreamPart::Filed(format!("{fp}:")));
     assert_eq!(filed.len(), 1);
@@ -554,13 +558,7 @@ async fn after_a_map_change_a_look_back_files_what_it_read_under_the_new_map_onl
     );
     assert_eq!(app.post_pagerduty(&trigger).await.status(), 202);
     assert!(!titles(&app.events("PREFILE").await).contains(&"Alert: web under the old map"));
-    let (from, to) = (Utc::now() - Duration::hours(1), Utc::now());
-    let read = |part| {
-        app.store
-            .stream_window(part, from, to, None, 100)
-            .unwrap()
-            .items
-    };
+    let read = |part| stream_part(&app, part);
     let filed = read(StreamPart::Filed(format!("{new}:web")));
     assert_eq!(filed.len(), 1, "filed under the new map");
     assert_eq!(filed[0].1.title, "Alert: web under the old map");
