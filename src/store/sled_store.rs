@@ -1212,18 +1212,22 @@ mod tests {
         assert_eq!(store.incident_count().unwrap(), 2);
     }
 
-    /// Opens a directory just closed, waiting for sled to let go of its lock.
-    fn reopen(path: &std::path::Path) -> SledStore {
+    /// Opens a directory just closed, waiting for sled to let go of its lock (its
+    /// threads hold the directory a moment after the last handle is dropped).
+    fn open_when_unlocked(path: &std::path::Path) -> Result<SledStore, StoreError> {
         for _ in 0..100 {
             match SledStore::open(path, 500, 1 << 20) {
-                Ok(store) => return store,
                 Err(e) if e.to_string().contains("lock") => {
                     std::thread::sleep(std::time::Duration::from_millis(20))
                 }
-                Err(e) => panic!("reopening: {e}"),
+                other => return other,
             }
         }
         panic!("the directory stayed locked for 2 s")
+    }
+
+    fn reopen(path: &std::path::Path) -> SledStore {
+        open_when_unlocked(path).unwrap_or_else(|e| panic!("reopening: {e}"))
     }
 
     #[test]
@@ -1237,14 +1241,17 @@ mod tests {
                 .unwrap();
             store.flush().unwrap();
         }
-        let err = SledStore::open(dir.path(), 500, 1 << 20).err().unwrap();
-        assert!(matches!(
-            err,
-            StoreError::SchemaMismatch {
-                found: 99,
-                expected: SCHEMA_VERSION
-            }
-        ));
+        let err = open_when_unlocked(dir.path()).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                StoreError::SchemaMismatch {
+                    found: 99,
+                    expected: SCHEMA_VERSION
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
