@@ -1,12 +1,11 @@
-//! The committer: one task takes every waiting submission (up to `max_batch`), applies
-//! them in one store unit on a blocking thread, and only then answers them all (group
-//! commit); with replicas it first brings the correlation index up to date. The look-back
+//! The committer: one thread takes every waiting submission (up to `max_batch`), applies
+//! them in one store unit, and only then answers them all (group commit); with replicas it first brings the correlation index up to date. The look-back
 //! pull-in of incidents a unit opened runs after the answers, before the next unit.
 
 use super::*;
 
-/// What the committer works with. The index is behind a mutex only so the blocking
-/// thread of each batch can borrow it; the committer is its only user.
+/// What the committer works with. The index is behind a mutex only so the committer's
+/// thread can borrow it through a shared `Committing`; the committer is its only user.
 #[derive(Clone)]
 pub(super) struct Committing {
     pub(super) store: Arc<dyn Store>,
@@ -58,83 +57,89 @@ pub(super) fn follow_others(
     Ok(())
 }
 
-pub(super) async fn run_committer(
+/// The committer's loop, on its own thread: takes every waiting submission (up to
+/// `max_batch`), applies them in one unit, and answers them once it is durable.
+pub(super) fn run_committer(
     c: Committing,
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<Msg>,
     max_batch: usize,
     changes: broadcast::Sender<LifecycleChange>,
-    cancel: CancellationToken,
 ) {
     // Pull-ins a crash interrupted are finished before anything new is applied.
-    let resume = c.clone();
-    match tokio::task::spawn_blocking(move || resume_pull_ins(&resume)).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(n)) => tracing::info!(incidents = n, "finished interrupted look-back pull-ins"),
-        Ok(Err(e)) => {
+    match resume_pull_ins(&c) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(incidents = n, "finished interrupted look-back pull-ins"),
+        Err(e) => {
             tracing::error!(error = %e, "resuming pull-ins failed; retried at the next trigger")
         }
-        Err(e) => tracing::error!(error = %e, "pull-in task failed"),
     }
-    let mut buf = Vec::with_capacity(max_batch);
-    loop {
-        let n = tokio::select! {
-            biased;
-            n = rx.recv_many(&mut buf, max_batch) => n,
-            _ = cancel.cancelled() => {
-                // Refuse new work, then commit everything already queued.
-                rx.close();
-                while rx.recv_many(&mut buf, max_batch).await > 0 {
-                    commit_batch(&c, std::mem::take(&mut buf), &changes).await;
-                }
-                break;
+    let mut batch = Vec::with_capacity(max_batch);
+    // Waits for the first submission, then takes whatever else is waiting. On `Stop` the
+    // queue is closed: what is in it still comes, then `None`.
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Submit(pending) => batch.push(pending),
+                Msg::Stop => rx.close(),
             }
-        };
-        if n == 0 {
-            break;
+            if batch.len() < max_batch {
+                next = rx.try_recv().ok();
+            }
         }
-        commit_batch(&c, std::mem::take(&mut buf), &changes).await;
+        if !batch.is_empty() {
+            commit_batch(&c, std::mem::take(&mut batch), &changes);
+        }
     }
-    let store = c.store.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || store.flush()).await {
-        tracing::error!(error = %e, "final flush task failed");
+    if let Err(e) = c.store.flush() {
+        tracing::error!(error = %e, "final flush failed");
     }
     tracing::info!("committer stopped");
 }
 
-pub(super) async fn commit_batch(
-    c: &Committing,
-    batch: Vec<Pending>,
-    changes: &broadcast::Sender<LifecycleChange>,
-) {
+fn commit_batch(c: &Committing, batch: Vec<Pending>, changes: &broadcast::Sender<LifecycleChange>) {
     let (submissions, replies): (Vec<Submission>, Vec<_>) =
         batch.into_iter().map(|p| (p.submission, p.reply)).unzip();
     let started = std::time::Instant::now();
     let size = submissions.len();
-    let work = c.clone();
     let now = Utc::now();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut index = work.index.lock().unwrap_or_else(|p| p.into_inner());
-        follow_others(&work, &mut index, now)?;
-        let applied = apply_submissions(
-            work.store.as_ref(),
-            &work.correlator,
-            &mut index,
-            work.filing.as_deref(),
-            &submissions,
-            now,
-        )?;
-        work.open.store(index.open_count(), Ordering::Relaxed);
-        Ok::<_, StoreError>(applied)
-    })
-    .await;
+    // A panic while applying (a bug) answers its batch 503 and leaves the index as it
+    // was; the committer goes on with the next batch.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut index = c.index.lock().unwrap_or_else(|p| p.into_inner());
+        follow_others(c, &mut index, now).and_then(|()| {
+            let applied = apply_submissions(
+                c.store.as_ref(),
+                &c.correlator,
+                &mut index,
+                c.filing.as_deref(),
+                &submissions,
+                now,
+            )?;
+            c.open.store(index.open_count(), Ordering::Relaxed);
+            Ok(applied)
+        })
+    }))
+    .unwrap_or_else(|panic| {
+        c.index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rollback();
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(StoreError::Engine(format!("the unit panicked: {what}")))
+    });
     metrics::histogram!("incidentpost_commit_duration_seconds").record(started.elapsed());
     metrics::histogram!("incidentpost_commit_batch_size").record(size as f64);
     match result {
-        Ok(Ok(Applied {
+        Ok(Applied {
             receipts,
             changes: lifecycle,
             opened,
-        })) => {
+        }) => {
             for (reply, receipt) in replies.into_iter().zip(receipts) {
                 let _ = reply.send(Ok(receipt));
             }
@@ -144,19 +149,12 @@ pub(super) async fn commit_batch(
             // before the next unit, which sees what it moved; a failed pull-in keeps its
             // marker and is retried at the next start.
             if !opened.is_empty() {
-                let work = c.clone();
-                let pulled = tokio::task::spawn_blocking(move || {
-                    let started = std::time::Instant::now();
-                    if let Err(e) = pull_in_each_if_need_be(&work, &opened, now) {
-                        tracing::error!(incidents = ?opened, error = %e, "a look-back pull-in failed; retried at the next start");
-                    }
-                    metrics::histogram!("incidentpost_pull_in_duration_seconds")
-                        .record(started.elapsed());
-                })
-                .await;
-                if let Err(e) = pulled {
-                    tracing::error!(error = %e, "pull-in task failed; retried at the next start");
+                let started = std::time::Instant::now();
+                if let Err(e) = pull_in_each_if_need_be(c, &opened, now) {
+                    tracing::error!(incidents = ?opened, error = %e, "a look-back pull-in failed; retried at the next start");
                 }
+                metrics::histogram!("incidentpost_pull_in_duration_seconds")
+                    .record(started.elapsed());
             }
             for change in lifecycle {
                 tracing::info!(incident = %change.incident_id, change = ?change.change, "incident lifecycle");
@@ -164,18 +162,14 @@ pub(super) async fn commit_batch(
                 let _ = changes.send(change);
             }
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::error!(error = %e, batch = size, "commit failed; answering 503");
             metrics::counter!("incidentpost_commit_failures_total").increment(1);
             for reply in replies {
                 let _ = reply.send(Err(IngestError::Storage));
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "commit task panicked; answering 503");
-            for reply in replies {
-                let _ = reply.send(Err(IngestError::Storage));
-            }
-        }
     }
+    // The submissions are dropped here, after their answers.
+    drop(submissions);
 }

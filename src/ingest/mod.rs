@@ -15,8 +15,6 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 use crate::correlate::{Correlator, IncidentIndex};
@@ -99,34 +97,44 @@ struct Pending {
     reply: oneshot::Sender<Result<Receipt, IngestError>>,
 }
 
+/// What the committer's queue carries. (`Stop` is sent once; boxing `Submit` would cost an
+/// allocation per webhook for nothing.)
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Submit(Pending),
+    /// Commit what is queued, refuse the rest, flush and stop.
+    Stop,
+}
+
 /// The handle that submits to the committer. Cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<Msg>,
     changes: broadcast::Sender<LifecycleChange>,
     /// Open incidents, as the committer's index counts them.
     open: Arc<AtomicUsize>,
 }
 
-/// The running committer task.
+/// The running committer (a thread of its own).
 pub struct Committer {
-    join: JoinHandle<()>,
-    cancel: CancellationToken,
+    stop: mpsc::Sender<Msg>,
+    stopped: oneshot::Receiver<()>,
 }
 
 impl Committer {
     /// Stops taking new submissions, commits what is queued, and waits for the last flush.
     pub async fn shutdown(self) {
-        self.cancel.cancel();
-        if let Err(e) = self.join.await {
-            tracing::error!(error = %e, "committer task failed");
+        // Behind what is queued; the committer may be gone already (it then failed).
+        let _ = self.stop.send(Msg::Stop).await;
+        if self.stopped.await.is_err() {
+            tracing::error!("the committer thread failed");
         }
     }
 }
 
 impl Ingest {
-    /// Builds the correlation index from the store and starts the committer on the
-    /// current tokio runtime.
+    /// Builds the correlation index from the store and starts the committer on a thread
+    /// of its own (it applies units, flushes and answers without a hand-off per unit).
     pub fn start(
         store: Arc<dyn Store>,
         correlator: Arc<Correlator>,
@@ -140,28 +148,32 @@ impl Ingest {
         let filing = correlator.map_fingerprint();
         let (queue, rx) = mpsc::channel(queue_depth);
         let (changes, _) = broadcast::channel(1024);
-        let cancel = CancellationToken::new();
-        let join = tokio::spawn(run_committer(
-            Committing {
-                store,
-                correlator,
-                index: Arc::new(std::sync::Mutex::new(index)),
-                open: open.clone(),
-                filing: filing.clone(),
-                watch,
-            },
-            rx,
-            max_batch.max(1),
-            changes.clone(),
-            cancel.clone(),
-        ));
+        let (done, stopped) = oneshot::channel();
+        let stop = queue.clone();
+        let committing = Committing {
+            store,
+            correlator,
+            index: Arc::new(std::sync::Mutex::new(index)),
+            open: open.clone(),
+            filing: filing.clone(),
+            watch,
+        };
+        let max_batch = max_batch.max(1);
+        let published = changes.clone();
+        std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || {
+                run_committer(committing, rx, max_batch, published);
+                let _ = done.send(());
+            })
+            .map_err(|e| StoreError::Engine(format!("starting the committer thread: {e}")))?;
         Ok((
             Ingest {
                 queue,
                 changes,
                 open,
             },
-            Committer { join, cancel },
+            Committer { stop, stopped },
         ))
     }
 
@@ -179,7 +191,7 @@ impl Ingest {
         }
         let (reply, answer) = oneshot::channel();
         self.queue
-            .try_send(Pending { submission, reply })
+            .try_send(Msg::Submit(Pending { submission, reply }))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => IngestError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
