@@ -23,7 +23,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         }
     };
     let queued = state.ingest.queued();
-    let ready = storage == "ok";
+    let committer = if state.ingest.accepting() {
+        "ok"
+    } else {
+        tracing::error!("readiness: the committer is not taking submissions");
+        "stopped"
+    };
+    let ready = storage == "ok" && committer == "ok";
     let now = chrono::Utc::now();
     // A stale poller is reported but does not fail readiness: webhooks still work, and
     // taking the instance out of the load balancer would lose them.
@@ -34,7 +40,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .collect();
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
-        "checks": {"storage": storage, "ingest_queue": queued, "pollers": pollers},
+        "checks": {"storage": storage, "committer": committer, "ingest_queue": queued, "pollers": pollers},
     });
     if ready {
         HttpResponse::Ok().json(body)

@@ -66,12 +66,16 @@ pub(super) fn run_committer(
     changes: broadcast::Sender<LifecycleChange>,
 ) {
     // Pull-ins a crash interrupted are finished before anything new is applied.
-    match resume_pull_ins(&c) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(incidents = n, "finished interrupted look-back pull-ins"),
-        Err(e) => {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| resume_pull_ins(&c))) {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(incidents = n, "finished interrupted look-back pull-ins"),
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "resuming pull-ins failed; retried at the next trigger")
         }
+        Err(panic) => tracing::error!(
+            panic = %panic_message(&*panic),
+            "resuming pull-ins panicked; retried at the next start"
+        ),
     }
     let mut batch = Vec::with_capacity(max_batch);
     // Waits for the first submission, then takes whatever else is waiting. On `Stop` the
@@ -88,7 +92,14 @@ pub(super) fn run_committer(
             }
         }
         if !batch.is_empty() {
-            commit_batch(&c, std::mem::take(&mut batch), &changes);
+            // A bug must not stop ingest for good: whatever of the batch was not answered
+            // yet gets 503 (its answer channels drop), and the committer goes on.
+            let batch = std::mem::take(&mut batch);
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                commit_batch(&c, batch, &changes)
+            })) {
+                tracing::error!(panic = %panic_message(&*panic), "the committer panicked");
+            }
         }
     }
     if let Err(e) = c.store.flush() {
@@ -121,16 +132,13 @@ fn commit_batch(c: &Committing, batch: Vec<Pending>, changes: &broadcast::Sender
         })
     }))
     .unwrap_or_else(|panic| {
-        c.index
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .rollback();
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(StoreError::Engine(format!("the unit panicked: {what}")))
+        // The unit stored nothing; the index may be half-way through it (and through
+        // other replicas' news): read it again.
+        reload_index(c, now);
+        Err(StoreError::Engine(format!(
+            "the unit panicked: {}",
+            panic_message(&*panic)
+        )))
     });
     metrics::histogram!("incidentpost_commit_duration_seconds").record(started.elapsed());
     metrics::histogram!("incidentpost_commit_batch_size").record(size as f64);
@@ -150,8 +158,17 @@ fn commit_batch(c: &Committing, batch: Vec<Pending>, changes: &broadcast::Sender
             // marker and is retried at the next start.
             if !opened.is_empty() {
                 let started = std::time::Instant::now();
-                if let Err(e) = pull_in_each_if_need_be(c, &opened, now) {
-                    tracing::error!(incidents = ?opened, error = %e, "a look-back pull-in failed; retried at the next start");
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pull_in_each_if_need_be(c, &opened, now)
+                })) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(incidents = ?opened, error = %e, "a look-back pull-in failed; retried at the next start")
+                    }
+                    Err(panic) => {
+                        tracing::error!(incidents = ?opened, panic = %panic_message(&*panic), "a look-back pull-in panicked; retried at the next start");
+                        reload_index(c, now);
+                    }
                 }
                 metrics::histogram!("incidentpost_pull_in_duration_seconds")
                     .record(started.elapsed());
@@ -172,4 +189,28 @@ fn commit_batch(c: &Committing, batch: Vec<Pending>, changes: &broadcast::Sender
     }
     // The submissions are dropped here, after their answers.
     drop(submissions);
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// After a panic: the correlation index read again from the store (or, if that fails,
+/// rolled back to before the unit).
+fn reload_index(c: &Committing, now: chrono::DateTime<Utc>) {
+    let mut index = c.index.lock().unwrap_or_else(|p| p.into_inner());
+    match IncidentIndex::load(&c.correlator, c.store.as_ref(), now) {
+        Ok(fresh) => *index = fresh,
+        Err(e) => {
+            tracing::error!(error = %e, "reloading the correlation index failed");
+            index.rollback();
+        }
+    }
+    drop(index);
+    c.index.clear_poison();
 }

@@ -1,10 +1,10 @@
 //! Ingest: de-duplicate, correlate, apply the incident lifecycle and append — durably.
 //!
-//! Every write goes through one committer task (group commit). Handlers send a
-//! [`Submission`] over a bounded channel and await its [`Receipt`]; the committer takes up
-//! to `max_batch` waiting submissions, applies them in one atomic store unit, flushes once
-//! (on a blocking thread: sled's concurrent `flush_async` deadlocks) and only then answers
-//! every waiter. A failed unit answers every waiter with an error, and the handler answers
+//! Every write goes through one committer, on a thread of its own (group commit).
+//! Handlers send a [`Submission`] over a bounded channel and await its [`Receipt`]; the
+//! committer takes up to `max_batch` waiting submissions, applies them in one atomic store
+//! unit, flushes once (a blocking flush: sled's concurrent `flush_async` deadlocks) and
+//! only then answers every waiter. A failed unit answers every waiter with an error, and the handler answers
 //! 503 so the provider retries; nothing of the failed unit is stored. (A unit that
 //! committed but whose flush kept failing is kept: the retry is then a duplicate.)
 
@@ -204,6 +204,11 @@ impl Ingest {
         self.changes.subscribe()
     }
 
+    /// Whether the committer takes submissions (false once it stopped, or failed).
+    pub fn accepting(&self) -> bool {
+        !self.queue.is_closed()
+    }
+
     /// Submissions waiting for the committer.
     pub fn queued(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
@@ -222,3 +227,56 @@ use pull_in::*;
 use rules::*;
 pub use unit::Applied;
 use unit::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    fn raw_only(n: u32) -> Submission {
+        Submission {
+            delivery_keys: vec![format!("test:delivery:{n}")],
+            events: Vec::new(),
+            raw: b"{}".to_vec(),
+            cursors: Vec::new(),
+            incident: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_commits_everything_queued_before_it_then_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 500, 1 << 20).unwrap());
+        let (ingest, committer) =
+            Ingest::start(store.clone(), Arc::new(Correlator::default()), 4, 64).unwrap();
+        assert!(ingest.accepting());
+        // Twenty submissions queued (each task runs up to its wait for an answer)...
+        let waiting: Vec<_> = (0..20)
+            .map(|n| {
+                let ingest = ingest.clone();
+                tokio::spawn(async move { ingest.submit(raw_only(n)).await })
+            })
+            .collect();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        // ...then the stop, behind them.
+        committer.shutdown().await;
+        for task in waiting {
+            let receipt = task.await.unwrap().unwrap();
+            assert!(matches!(receipt, Receipt::Stored { .. }), "{receipt:?}");
+        }
+        assert!(!ingest.accepting());
+        assert_eq!(
+            ingest.submit(raw_only(99)).await,
+            Err(IngestError::ShuttingDown)
+        );
+        for n in 0..20 {
+            assert!(store
+                .delivery(&format!("test:delivery:{n}"))
+                .unwrap()
+                .is_some());
+        }
+        assert!(store.delivery("test:delivery:99").unwrap().is_none());
+    }
+}

@@ -211,6 +211,14 @@ impl Pool {
         }
     }
 
+    /// A taken connection that will not come back (dropped): frees its place.
+    fn forget_one(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.1 -= 1;
+        drop(state);
+        self.freed.notify_one();
+    }
+
     fn put(&self, conn: Conn) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if conn.client.is_closed() {
@@ -279,11 +287,32 @@ fn on_conn<T: Send>(
     f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send,
 ) -> Result<T, StoreError> {
     scoped(|| {
-        let mut conn = pool.take()?;
-        let result = f(&mut conn);
-        pool.put(conn);
+        let mut lent = Lent {
+            pool,
+            conn: Some(pool.take()?),
+        };
+        let result = f(lent.conn.as_mut().expect("a lent connection"));
+        if let Some(conn) = lent.conn.take() {
+            pool.put(conn);
+        }
         result
     })
+}
+
+/// A connection out of the pool. If the work panics, the connection is dropped and its
+/// place in the pool freed; without that, each panic would shrink the pool for good,
+/// until every `take` waited forever.
+struct Lent<'a> {
+    pool: &'a Pool,
+    conn: Option<Conn>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            self.pool.forget_one();
+        }
+    }
 }
 
 /// Runs `f` on a scoped thread: never on an async worker, where a client's own runtime

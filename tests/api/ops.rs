@@ -10,6 +10,7 @@ async fn health_and_readiness_answer_ok() {
     let r = app.get_json("/readyz").await;
     assert_eq!(r["status"], "ready");
     assert_eq!(r["checks"]["storage"], "ok");
+    assert_eq!(r["checks"]["committer"], "ok");
 }
 
 #[tokio::test]
