@@ -11,8 +11,9 @@
 //!   insert fails, its unit is retried from scratch and finds the delivery: a duplicate.
 //!   Serialization failures and deadlocks are retried the same way.
 //! - **Connections** come from a small pool (`storage.postgres.max_connections`) of the
-//!   synchronous `postgres` client. Every call runs on a short-lived scoped thread: the
-//!   client drives its own runtime, which must not be started on an async worker.
+//!   synchronous `postgres` client. The client drives its own runtime, which must not be
+//!   started inside tokio's: a call from a tokio thread runs on a short-lived scoped
+//!   thread, a call from the committer's own thread runs where it is.
 //!   A broken connection is replaced on the next call; while the database is down every
 //!   call fails with [`StoreError::Unavailable`] (webhooks answer 503, `/readyz` fails)
 //!   and the service resumes when it is back, without a restart.
@@ -272,8 +273,8 @@ fn role_key(role: &str) -> i64 {
     i64::from_be_bytes(<[u8; 8]>::try_from(&d[..8]).unwrap_or_default())
 }
 
-/// Runs `f` with a pooled client on a scoped thread (never on an async worker, where the
-/// client's own runtime may not start).
+/// Runs `f` with a pooled client, never inside a tokio runtime (where the client's own
+/// runtime may not start): see [`scoped`].
 fn on_thread<T: Send>(
     pool: &Pool,
     f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
@@ -315,9 +316,14 @@ impl Drop for Lent<'_> {
     }
 }
 
-/// Runs `f` on a scoped thread: never on an async worker, where a client's own runtime
-/// may not start.
+/// Runs `f` where the client's own runtime may start: here on a thread outside any tokio
+/// runtime (the committer's), else on a scoped thread (an async worker or a blocking-pool
+/// thread, which are inside one). A panic in `f` is an error either way.
 fn scoped<T: Send>(f: impl FnOnce() -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .unwrap_or_else(|_| Err(StoreError::Engine("a storage call panicked".into())));
+    }
     std::thread::scope(|s| {
         s.spawn(f)
             .join()
