@@ -367,7 +367,12 @@ pub(super) fn append(
     tx.put_incident_event(seq, event)?;
     for key in LINK_KEYS {
         if let Some(value) = event.keys.get(key) {
-            tx.put_link(&format!("{key}={value}"), &incident.id)?;
+            // An alert storm repeats the same cycle or thread: rewrite a link only when it
+            // changes (the read is one the write would make anyway).
+            let link = format!("{key}={value}");
+            if tx.link(&link)?.as_ref() != Some(&incident.id) {
+                tx.put_link(&link, &incident.id)?;
+            }
         }
     }
     Ok(())
