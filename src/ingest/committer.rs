@@ -114,8 +114,8 @@ fn commit_batch(c: &Committing, batch: Vec<Pending>, changes: &broadcast::Sender
     let started = std::time::Instant::now();
     let size = submissions.len();
     let now = Utc::now();
-    // A panic while applying (a bug) answers its batch 503 and leaves the index as it
-    // was; the committer goes on with the next batch.
+    // A panic while applying (a bug) answers its batch 503 and reads the index again
+    // from the store; the committer goes on with the next batch.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut index = c.index.lock().unwrap_or_else(|p| p.into_inner());
         follow_others(c, &mut index, now).and_then(|()| {
