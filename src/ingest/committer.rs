@@ -1,21 +1,19 @@
 //! The committer: one thread takes every waiting submission (up to `max_batch`), applies
-//! them in one store unit, and only then answers them all (group commit); with replicas it first brings the correlation index up to date. The look-back
-//! pull-in of incidents a unit opened runs after the answers, before the next unit.
+//! them in one store unit, and only then answers them all (group commit); with replicas
+//! it first brings the correlation index up to date. The look-back pull-in of incidents a
+//! unit opened runs after the answers, before the next unit.
 
 use super::*;
 
-/// What the committer works with. The index is behind a mutex only so the committer's
-/// thread can borrow it through a shared `Committing`; the committer is its only user.
-#[derive(Clone)]
+/// What the committer works with (its correlation index it keeps beside, on its thread).
 pub(super) struct Committing {
     pub(super) store: Arc<dyn Store>,
     pub(super) correlator: Arc<Correlator>,
-    pub(super) index: Arc<std::sync::Mutex<IncidentIndex>>,
     pub(super) open: Arc<AtomicUsize>,
     /// With a service map: its fingerprint, which unattached events are filed under.
     pub(super) filing: Option<String>,
     /// Other processes' writes (a store several replicas share).
-    pub(super) watch: Option<Arc<std::sync::Mutex<crate::store::Watcher>>>,
+    pub(super) watch: Option<crate::store::Watcher>,
 }
 
 /// Brings the index up to date with what other replicas wrote since the last batch:
@@ -28,7 +26,6 @@ pub(super) fn follow_others(
     let Some(watch) = &c.watch else {
         return Ok(());
     };
-    let watch = watch.lock().unwrap_or_else(|p| p.into_inner());
     let mut ids = std::collections::BTreeSet::new();
     let mut resync = false;
     while let Ok(change) = watch.changes.try_recv() {
@@ -39,7 +36,6 @@ pub(super) fn follow_others(
             crate::store::StoreChange::Resync => resync = true,
         }
     }
-    drop(watch);
     if resync {
         *index = IncidentIndex::load(&c.correlator, c.store.as_ref(), now)?;
         tracing::info!(
@@ -61,21 +57,21 @@ pub(super) fn follow_others(
 /// `max_batch`), applies them in one unit, and answers them once it is durable.
 pub(super) fn run_committer(
     c: Committing,
+    mut index: IncidentIndex,
     mut rx: mpsc::Receiver<Msg>,
     max_batch: usize,
     changes: broadcast::Sender<LifecycleChange>,
 ) {
     // Pull-ins a crash interrupted are finished before anything new is applied.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| resume_pull_ins(&c))) {
+    match unwound(|| resume_pull_ins(&c)) {
         Ok(Ok(0)) => {}
         Ok(Ok(n)) => tracing::info!(incidents = n, "finished interrupted look-back pull-ins"),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "resuming pull-ins failed; retried at the next trigger")
         }
-        Err(panic) => tracing::error!(
-            panic = %panic_message(&*panic),
-            "resuming pull-ins panicked; retried at the next start"
-        ),
+        Err(panic) => {
+            tracing::error!(%panic, "resuming pull-ins panicked; retried at the next start")
+        }
     }
     let mut batch = Vec::with_capacity(max_batch);
     // Waits for the first submission, then takes whatever else is waiting. On `Stop` the
@@ -95,10 +91,8 @@ pub(super) fn run_committer(
             // A bug must not stop ingest for good: whatever of the batch was not answered
             // yet gets 503 (its answer channels drop), and the committer goes on.
             let batch = std::mem::take(&mut batch);
-            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                commit_batch(&c, batch, &changes)
-            })) {
-                tracing::error!(panic = %panic_message(&*panic), "the committer panicked");
+            if let Err(panic) = unwound(|| commit_batch(&c, &mut index, batch, &changes)) {
+                tracing::error!(%panic, "the committer panicked");
             }
         }
     }
@@ -108,38 +102,41 @@ pub(super) fn run_committer(
     tracing::info!("committer stopped");
 }
 
-fn commit_batch(c: &Committing, batch: Vec<Pending>, changes: &broadcast::Sender<LifecycleChange>) {
+fn commit_batch(
+    c: &Committing,
+    index: &mut IncidentIndex,
+    batch: Vec<Pending>,
+    changes: &broadcast::Sender<LifecycleChange>,
+) {
     let (submissions, replies): (Vec<Submission>, Vec<_>) =
         batch.into_iter().map(|p| (p.submission, p.reply)).unzip();
     let started = std::time::Instant::now();
     let size = submissions.len();
     let now = Utc::now();
-    // A panic while applying (a bug) answers its batch 503 and reads the index again
-    // from the store; the committer goes on with the next batch.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut index = c.index.lock().unwrap_or_else(|p| p.into_inner());
-        follow_others(c, &mut index, now).and_then(|()| {
-            let applied = apply_submissions(
-                c.store.as_ref(),
-                &c.correlator,
-                &mut index,
-                c.filing.as_deref(),
-                &submissions,
-                now,
-            )?;
-            c.open.store(index.open_count(), Ordering::Relaxed);
-            Ok(applied)
-        })
-    }))
+    let result = unwound(|| {
+        follow_others(c, index, now)?;
+        apply_submissions(
+            c.store.as_ref(),
+            &c.correlator,
+            index,
+            c.filing.as_deref(),
+            &submissions,
+            now,
+        )
+    })
     .unwrap_or_else(|panic| {
-        // The unit stored nothing; the index may be half-way through it (and through
-        // other replicas' news): read it again.
-        reload_index(c, now);
-        Err(StoreError::Engine(format!(
-            "the unit panicked: {}",
-            panic_message(&*panic)
-        )))
+        // A bug: the unit stored nothing, but the index may be half-way through it (and
+        // through other replicas' news). Read it again; the batch is answered 503.
+        match IncidentIndex::load(&c.correlator, c.store.as_ref(), now) {
+            Ok(fresh) => *index = fresh,
+            Err(e) => {
+                tracing::error!(error = %e, "reloading the correlation index failed");
+                index.rollback();
+            }
+        }
+        Err(StoreError::Engine(format!("the unit panicked: {panic}")))
     });
+    c.open.store(index.open_count(), Ordering::Relaxed);
     metrics::histogram!("incidentpost_commit_duration_seconds").record(started.elapsed());
     metrics::histogram!("incidentpost_commit_batch_size").record(size as f64);
     match result {
@@ -155,19 +152,16 @@ fn commit_batch(c: &Committing, batch: Vec<Pending>, changes: &broadcast::Sender
             // all of them), once their webhooks are answered: the trigger is durable
             // already, and its sender need not wait for the window to be read. It runs
             // before the next unit, which sees what it moved; a failed pull-in keeps its
-            // marker and is retried at the next start.
+            // marker and is retried at the next start. (It does not touch the index.)
             if !opened.is_empty() {
                 let started = std::time::Instant::now();
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    pull_in_each_if_need_be(c, &opened, now)
-                })) {
+                match unwound(|| pull_in_each_if_need_be(c, &opened, now)) {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::error!(incidents = ?opened, error = %e, "a look-back pull-in failed; retried at the next start")
                     }
                     Err(panic) => {
-                        tracing::error!(incidents = ?opened, panic = %panic_message(&*panic), "a look-back pull-in panicked; retried at the next start");
-                        reload_index(c, now);
+                        tracing::error!(incidents = ?opened, %panic, "a look-back pull-in panicked; retried at the next start")
                     }
                 }
                 metrics::histogram!("incidentpost_pull_in_duration_seconds")
@@ -187,30 +181,15 @@ fn commit_batch(c: &Committing, batch: Vec<Pending>, changes: &broadcast::Sender
             }
         }
     }
-    // The submissions are dropped here, after their answers.
-    drop(submissions);
 }
 
-/// What a caught panic said.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
-}
-
-/// After a panic: the correlation index read again from the store (or, if that fails,
-/// rolled back to before the unit).
-fn reload_index(c: &Committing, now: chrono::DateTime<Utc>) {
-    let mut index = c.index.lock().unwrap_or_else(|p| p.into_inner());
-    match IncidentIndex::load(&c.correlator, c.store.as_ref(), now) {
-        Ok(fresh) => *index = fresh,
-        Err(e) => {
-            tracing::error!(error = %e, "reloading the correlation index failed");
-            index.rollback();
-        }
-    }
-    drop(index);
-    c.index.clear_poison();
+/// Runs `f`, catching a panic (a bug) as its message, so the committer outlives it.
+fn unwound<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into())
+    })
 }

@@ -4,8 +4,8 @@
 //! Handlers send a [`Submission`] over a bounded channel and await its [`Receipt`]; the
 //! committer takes up to `max_batch` waiting submissions, applies them in one atomic store
 //! unit, flushes once (a blocking flush: sled's concurrent `flush_async` deadlocks) and
-//! only then answers every waiter. A failed unit answers every waiter with an error, and the handler answers
-//! 503 so the provider retries; nothing of the failed unit is stored. (A unit that
+//! only then answers every waiter. A failed unit answers every waiter with an error, and
+//! the handler answers 503 so the provider retries; nothing of the failed unit is stored. (A unit that
 //! committed but whose flush kept failing is kept: the retry is then a duplicate.)
 
 use std::collections::HashSet;
@@ -142,7 +142,7 @@ impl Ingest {
         queue_depth: usize,
     ) -> Result<(Ingest, Committer), StoreError> {
         // Subscribe before loading: a change made in between is then seen twice, not lost.
-        let watch = store.watch().map(|w| Arc::new(std::sync::Mutex::new(w)));
+        let watch = store.watch();
         let index = IncidentIndex::load(&correlator, store.as_ref(), Utc::now())?;
         let open = Arc::new(AtomicUsize::new(index.open_count()));
         let filing = correlator.map_fingerprint();
@@ -153,9 +153,8 @@ impl Ingest {
         let committing = Committing {
             store,
             correlator,
-            index: Arc::new(std::sync::Mutex::new(index)),
             open: open.clone(),
-            filing: filing.clone(),
+            filing,
             watch,
         };
         let max_batch = max_batch.max(1);
@@ -163,7 +162,7 @@ impl Ingest {
         std::thread::Builder::new()
             .name("committer".into())
             .spawn(move || {
-                run_committer(committing, rx, max_batch, published);
+                run_committer(committing, index, rx, max_batch, published);
                 let _ = done.send(());
             })
             .map_err(|e| StoreError::Engine(format!("starting the committer thread: {e}")))?;
