@@ -476,8 +476,8 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
     println!(
         "reference points, concurrency 64, {requests} requests each, {rounds} rounds taking turns"
     );
-    println!("| round | incidentpost req/s (p99 ms) | ceiling req/s | Alertmanager req/s (p99 ms) | × peer | % of ceiling |");
-    println!("|---|---|---|---|---|---|");
+    println!("| round | incidentpost req/s (p99 ms) | ceiling req/s | Alertmanager req/s (p99 ms) | × peer | % of ceiling | events per unit | committer busy | flush ms per unit |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let (mut to_peer, mut to_ceiling) = (Vec::new(), Vec::new());
     let mut errors = 0;
     for round in 0..rounds {
@@ -488,17 +488,18 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
         for turn in 0..3 {
             match (turn + round) % 3 {
                 0 => {
-                    ours = Some(
-                        run_step(
-                            client,
-                            &server.base,
-                            Kind::PagerDuty,
-                            round * requests,
-                            requests,
-                            64,
-                        )
-                        .await,
+                    let before = committer_sums(client, &server.base).await;
+                    let step = run_step(
+                        client,
+                        &server.base,
+                        Kind::PagerDuty,
+                        round * requests,
+                        requests,
+                        64,
                     )
+                    .await;
+                    let after = committer_sums(client, &server.base).await;
+                    ours = Some((step, after.since(&before)));
                 }
                 1 => {
                     ceiling = Some(
@@ -530,7 +531,7 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
                 }
             }
         }
-        let (ours, ceiling) = (ours.unwrap(), ceiling.unwrap());
+        let ((ours, units), ceiling) = (ours.unwrap(), ceiling.unwrap());
         errors += ours.errors + ceiling.errors + theirs.as_ref().map_or(0, |t| t.errors);
         let pct = ours.rps / ceiling.rps * 100.0;
         to_ceiling.push(pct);
@@ -547,12 +548,16 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
                 "–".into(),
             ),
         };
+        let wall = requests as f64 / ours.rps;
         println!(
-            "| {} | {:.0} ({:.1}) | {:.0} | {peer_cell} | {ratio_cell} | {pct:.0} % |",
+            "| {} | {:.0} ({:.1}) | {:.0} | {peer_cell} | {ratio_cell} | {pct:.0} % | {:.1} | {:.0} % | {:.2} |",
             round + 1,
             ours.rps,
             ours.p99.as_secs_f64() * 1e3,
-            ceiling.rps
+            ceiling.rps,
+            units.events / units.units.max(1.0),
+            units.commit_secs / wall * 100.0,
+            units.flush_secs / units.units.max(1.0) * 1e3,
         );
     }
     // The middle value (of an even count, the mean of the two middle ones).
@@ -597,6 +602,53 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
     );
     if !smoke {
         startup_with_million_events().await;
+    }
+}
+
+/// The committer's running totals, from the server's `/metrics`: how many units, how
+/// many events in them, and the seconds spent committing and flushing them.
+#[derive(Default)]
+struct CommitterSums {
+    units: f64,
+    events: f64,
+    commit_secs: f64,
+    flush_secs: f64,
+}
+
+impl CommitterSums {
+    fn since(&self, before: &CommitterSums) -> CommitterSums {
+        CommitterSums {
+            units: self.units - before.units,
+            events: self.events - before.events,
+            commit_secs: self.commit_secs - before.commit_secs,
+            flush_secs: self.flush_secs - before.flush_secs,
+        }
+    }
+}
+
+async fn committer_sums(client: &reqwest::Client, base: &str) -> CommitterSums {
+    let Ok(text) = async {
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await
+    }
+    .await
+    else {
+        return CommitterSums::default();
+    };
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    CommitterSums {
+        units: value("incidentpost_commit_batch_size_count"),
+        events: value("incidentpost_commit_batch_size_sum"),
+        commit_secs: value("incidentpost_commit_duration_seconds_sum"),
+        flush_secs: value("incidentpost_store_flush_duration_seconds_sum"),
     }
 }
 
