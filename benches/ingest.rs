@@ -323,26 +323,14 @@ fn main() {
 
 /// The mean committer batch of servers, from their `/metrics`.
 async fn mean_batch(client: &reqwest::Client, bases: &[String]) -> f64 {
-    let (mut sum, mut count) = (0.0, 0.0);
+    let (mut events, mut units) = (0.0, 0.0);
     for base in bases {
-        let Ok(r) = client.get(format!("{base}/metrics")).send().await else {
-            continue;
-        };
-        let text = r.text().await.unwrap_or_default();
-        for line in text.lines() {
-            let mut parts = line.split_whitespace();
-            match (
-                parts.next(),
-                parts.next().and_then(|v| v.parse::<f64>().ok()),
-            ) {
-                (Some("incidentpost_commit_batch_size_sum"), Some(v)) => sum += v,
-                (Some("incidentpost_commit_batch_size_count"), Some(v)) => count += v,
-                _ => {}
-            }
-        }
+        let sums = committer_sums(client, base).await;
+        events += sums.events;
+        units += sums.units;
     }
-    if count > 0.0 {
-        sum / count
+    if units > 0.0 {
+        events / units
     } else {
         0.0
     }
@@ -606,7 +594,8 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
 }
 
 /// The committer's running totals, from the server's `/metrics`: how many units, how
-/// many events in them, and the seconds spent committing and flushing them.
+/// many events in them, and the seconds spent committing and flushing them (all zero
+/// when `/metrics` does not answer).
 #[derive(Default)]
 struct CommitterSums {
     units: f64,
