@@ -17,10 +17,6 @@ use ulid::Ulid;
 
 use crate::domain::{Event, Incident, IncidentId};
 
-/// The on-disk schema this build reads and writes. Checked at open; version 1 (before the
-/// key-range indexes) is migrated in place.
-pub const SCHEMA_VERSION: u32 = 2;
-
 /// The version of the NDJSON export format (independent of any engine's on-disk schema).
 pub const EXPORT_FORMAT: u32 = 1;
 

@@ -33,12 +33,15 @@ use ulid::Ulid;
 
 use super::{
     Chunk, DeliveryRecord, ExportRecord, Keyed, Page, Store, StoreChange, StoreError, StreamPart,
-    Watcher, WriteTx, EXPORT_FORMAT, SCHEMA_VERSION,
+    Watcher, WriteTx, EXPORT_FORMAT,
 };
 use crate::domain::{Event, Incident, IncidentId, KEY_INCIDENT_REF, KEY_PAGERDUTY_INCIDENT};
 
-/// The schema, one migration per version (index 0 brings an empty database to version 1).
-/// Version numbers follow sled's `SCHEMA_VERSION`: version 2 is the first with PostgreSQL.
+/// The schema version this build reads and writes (the last migration's). Numbered from
+/// 2, sled's version when PostgreSQL came; sled's layout has its own number since.
+const SCHEMA_VERSION: u32 = 2;
+
+/// The schema, one migration per version (index 0 brings an empty database to version 2).
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE incidents (

@@ -1,6 +1,7 @@
-//! The sled engine. Trees (see README, Storage):
-//! `incidents` (id → record), `events` (id ++ 0x00 ++ big-endian seq → event),
-//! `stream` (ULID → unattached event), `raw` (ULID → payload), `deliveries`
+//! The sled engine, layout 3. Trees (see README, Storage):
+//! `incidents` (id → record), `timeline` (id ++ 0x00 ++ occurred_at ++ big-endian seq →
+//! event: an incident's events by time, so one write files an event and one range reads
+//! a page), `stream` (ULID → unattached event), `raw` (ULID → payload), `deliveries`
 //! (`source:id` → record), `links`, `cursors`, `packs`, `sessions`, `meta` (schema
 //! version, incident count) and `index`: the key-range indexes every read pages over, one
 //! tree with a one-byte prefix per index (sled transactions take at most 14 trees):
@@ -10,7 +11,6 @@
 //! | `o` | incident id | — (open incidents) |
 //! | `r` | incident id | resolved_at (resolved incidents, pruned after a day) |
 //! | `i` | triggered_at ++ id | — (incidents by trigger time) |
-//! | `e` | id ++ 0x00 ++ occurred_at ++ seq | — (an incident's events by time) |
 //! | `s` | occurred_at ++ ULID | — (the stream by time) |
 //! | `c` | occurred_at ++ ULID | — (the stream's change events by time) |
 //! | `f` | incident id ++ 0x00 ++ ULID | — (stream events naming an incident) |
@@ -31,19 +31,27 @@ use ulid::Ulid;
 
 use super::{
     Chunk, DeliveryRecord, ExportRecord, Keyed, Page, Store, StoreError, StreamPart, WriteTx,
-    EXPORT_FORMAT, SCHEMA_VERSION,
+    EXPORT_FORMAT,
 };
 use crate::domain::{Event, Incident, IncidentId, KEY_INCIDENT_REF, KEY_PAGERDUTY_INCIDENT};
+
+/// The on-disk layout this build reads and writes, checked at open. Older versions are
+/// upgraded in place: 1 (before the key-range indexes) and 2 (incident events by append
+/// position, with a separate index by time). sled's own; PostgreSQL's is in `pg_store`.
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_OPEN_V1: &[u8] = b"open_incidents";
 const META_RECENT_V1: &[u8] = b"recently_resolved";
 const META_INCIDENT_COUNT: &[u8] = b"incident_count";
+/// The tree of an incident's events in schemas 1 and 2 (id ++ 0x00 ++ seq).
+const EVENTS_V2: &str = "events";
 
 const IX_OPEN: u8 = b'o';
 const IX_RECENT: u8 = b'r';
 const IX_INCIDENT_TIME: u8 = b'i';
-const IX_EVENT_TIME: u8 = b'e';
+/// Layout 2's index of an incident's events by time (layout 3 keys `timeline` that way).
+const IX_EVENT_TIME_V2: u8 = b'e';
 const IX_STREAM_TIME: u8 = b's';
 const IX_STREAM_CHANGE: u8 = b'c';
 const IX_STREAM_REF: u8 = b'f';
@@ -75,16 +83,20 @@ fn incident_time_key(i: &Incident) -> Vec<u8> {
     )
 }
 
-fn event_time_key(id: &IncidentId, occurred_at: DateTime<Utc>, seq: u64) -> Vec<u8> {
-    ix_key(
-        IX_EVENT_TIME,
-        &[
-            id.as_str().as_bytes(),
-            &[0],
-            &time_key(occurred_at),
-            &seq.to_be_bytes(),
-        ],
-    )
+/// An event's key in `timeline`: its incident's prefix, then its time and position.
+fn timeline_key(id: &IncidentId, occurred_at: DateTime<Utc>, seq: u64) -> Vec<u8> {
+    let mut k = event_prefix(id);
+    k.extend_from_slice(&time_key(occurred_at));
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The append position at the end of a `timeline` (or layout 2 `events`) key.
+fn seq_of_key(k: &[u8]) -> u64 {
+    k.get(k.len().saturating_sub(8)..)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
 }
 
 /// The index keys of an unattached event.
@@ -159,7 +171,7 @@ fn cursor_key(cursor: Option<&str>, prefix: &[u8]) -> Result<Option<Vec<u8>>, St
 pub struct SledStore {
     db: sled::Db,
     incidents: sled::Tree,
-    events: sled::Tree,
+    timeline: sled::Tree,
     stream: sled::Tree,
     raw: sled::Tree,
     deliveries: sled::Tree,
@@ -197,17 +209,30 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
     })
 }
 
+/// Removes the keys `keys` yields from `tree`, 10,000 to a batch: sled keeps what a
+/// batch replaces in memory until the batch ends (one batch of a million removals grew
+/// the process to 4 GiB).
+fn remove_in_batches(tree: &sled::Tree, keys: sled::Iter) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut pending = 0usize;
+    for kv in keys {
+        let (k, _) = kv?;
+        batch.remove(k);
+        pending += 1;
+        if pending >= 10_000 {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+    }
+    tree.apply_batch(batch)?;
+    Ok(())
+}
+
 /// `incident id ++ 0x00`: the prefix of an incident's events (ids never contain 0x00).
 fn event_prefix(id: &IncidentId) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.as_str().len() + 9);
     k.extend_from_slice(id.as_str().as_bytes());
     k.push(0);
-    k
-}
-
-fn event_key(id: &IncidentId, seq: u64) -> Vec<u8> {
-    let mut k = event_prefix(id);
-    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -225,7 +250,7 @@ impl SledStore {
             .open()?;
         let store = SledStore {
             incidents: db.open_tree("incidents")?,
-            events: db.open_tree("events")?,
+            timeline: db.open_tree("timeline")?,
             stream: db.open_tree("stream")?,
             raw: db.open_tree("raw")?,
             deliveries: db.open_tree("deliveries")?,
@@ -250,6 +275,9 @@ impl SledStore {
                     .unwrap_or(0);
                 if found == 1 {
                     store.migrate_from_v1()?;
+                    store.migrate_from_v2()?;
+                } else if found == 2 {
+                    store.migrate_from_v2()?;
                 } else if found != SCHEMA_VERSION {
                     return Err(StoreError::SchemaMismatch {
                         found,
@@ -283,24 +311,9 @@ impl SledStore {
             }
             incidents += 1;
         }
-        let mut events = 0u64;
-        for kv in self.events.iter() {
-            let (k, v) = kv?;
-            let e: Event = decode(&k, &v)?;
-            let seq = k
-                .get(k.len().saturating_sub(8)..)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            if let Some(id) = &e.incident_id {
-                self.index
-                    .insert(event_time_key(id, e.occurred_at, seq), &[])?;
-            }
-            events += 1;
-            if events % 100_000 == 0 {
-                tracing::info!(events, "upgrade: incident events indexed");
-            }
-        }
+        // Schema 1 kept an incident's events in `events` (id ++ 0x00 ++ seq), as schema 2
+        // did: the next upgrade files them by time, so there is no index of them to build.
+        let events = self.db.open_tree(EVENTS_V2)?.len();
         let mut streamed = 0u64;
         for kv in self.stream.iter() {
             let (k, v) = kv?;
@@ -314,8 +327,7 @@ impl SledStore {
             .insert(META_INCIDENT_COUNT, &incidents.to_be_bytes())?;
         self.meta.remove(META_OPEN_V1)?;
         self.meta.remove(META_RECENT_V1)?;
-        self.meta
-            .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+        self.meta.insert(META_SCHEMA, &2u32.to_be_bytes())?;
         self.db.flush()?;
         tracing::info!(
             incidents,
@@ -323,6 +335,56 @@ impl SledStore {
             stream = streamed,
             secs = started.elapsed().as_secs_f64(),
             "upgrade to schema 2 done"
+        );
+        Ok(())
+    }
+
+    /// Schema 2 kept an incident's events in `events` (id ++ 0x00 ++ seq) and indexed them
+    /// by time in `index` (prefix `e`): two writes per event, and a page read two
+    /// lookups per row. Schema 3 keys `timeline` by time. Copies each event, flushes,
+    /// then drops the old tree and index keys and writes the version: an interrupted
+    /// upgrade runs again (the copies are the same keys and values).
+    fn migrate_from_v2(&self) -> Result<(), StoreError> {
+        let old = self.db.open_tree(EVENTS_V2)?;
+        tracing::info!(
+            events = old.len(),
+            "upgrading the data directory from schema 2 to 3: filing incident events by time"
+        );
+        let started = std::time::Instant::now();
+        let mut copied = 0u64;
+        let mut batch = sled::Batch::default();
+        let mut pending = 0usize;
+        for kv in old.iter() {
+            let (k, v) = kv?;
+            let e: Event = decode(&k, &v)?;
+            let Some(id) = &e.incident_id else { continue };
+            batch.insert(timeline_key(id, e.occurred_at, seq_of_key(&k)), v);
+            pending += 1;
+            copied += 1;
+            if pending >= 10_000 {
+                self.timeline.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+            if copied % 100_000 == 0 {
+                tracing::info!(events = copied, "upgrade: incident events filed by time");
+            }
+        }
+        self.timeline.apply_batch(batch)?;
+        // The copies are on disk before the originals go.
+        self.db.flush()?;
+        remove_in_batches(&self.index, self.index.scan_prefix([IX_EVENT_TIME_V2]))?;
+        // Emptied first: `drop_tree` of a full tree reads every node into memory (680 MiB
+        // of resident memory kept after dropping a million events).
+        remove_in_batches(&old, old.iter())?;
+        drop(old);
+        self.db.drop_tree(EVENTS_V2)?;
+        self.meta
+            .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+        self.db.flush()?;
+        tracing::info!(
+            events = copied,
+            secs = started.elapsed().as_secs_f64(),
+            "upgrade to schema 3 done"
         );
         Ok(())
     }
@@ -378,7 +440,7 @@ impl SledStore {
 /// The transactional view handed to [`Store::write`] callers.
 struct SledTx<'a> {
     incidents: &'a TransactionalTree,
-    events: &'a TransactionalTree,
+    timeline: &'a TransactionalTree,
     stream: &'a TransactionalTree,
     raw: &'a TransactionalTree,
     deliveries: &'a TransactionalTree,
@@ -519,9 +581,8 @@ impl WriteTx for SledTx<'_> {
         let id = event.incident_id.as_ref().ok_or_else(|| {
             StoreError::Engine("put_incident_event: event has no incident id".into())
         })?;
-        self.events.insert(event_key(id, seq), encode(event)?)?;
-        self.index
-            .insert(event_time_key(id, event.occurred_at, seq), &[])?;
+        self.timeline
+            .insert(timeline_key(id, event.occurred_at, seq), encode(event)?)?;
         Ok(())
     }
 
@@ -605,7 +666,7 @@ impl Store for SledStore {
         let work = RefCell::new(work);
         let trees = (
             &self.incidents,
-            &self.events,
+            &self.timeline,
             &self.stream,
             &self.raw,
             &self.deliveries,
@@ -616,10 +677,10 @@ impl Store for SledStore {
         );
         let started = std::time::Instant::now();
         let result = trees.transaction(
-            |(incidents, events, stream, raw, deliveries, links, cursors, index, meta)| {
+            |(incidents, timeline, stream, raw, deliveries, links, cursors, index, meta)| {
                 let mut tx = SledTx {
                     incidents,
-                    events,
+                    timeline,
                     stream,
                     raw,
                     deliveries,
@@ -755,13 +816,17 @@ impl Store for SledStore {
     }
 
     fn incident_events(&self, id: &IncidentId) -> Result<Vec<Event>, StoreError> {
-        self.events
+        // Stored by time; the contract is append order.
+        let mut events = self
+            .timeline
             .scan_prefix(event_prefix(id))
             .map(|kv| {
                 let (k, v) = kv?;
-                decode(&k, &v)
+                Ok((seq_of_key(&k), decode(&k, &v)?))
             })
-            .collect()
+            .collect::<Result<Vec<(u64, Event)>, StoreError>>()?;
+        events.sort_by_key(|(seq, _)| *seq);
+        Ok(events.into_iter().map(|(_, e)| e).collect())
     }
 
     fn incident_events_page(
@@ -770,23 +835,19 @@ impl Store for SledStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<Event>, StoreError> {
-        let prefix = ix_key(IX_EVENT_TIME, &[id.as_str().as_bytes(), &[0]]);
+        let prefix = event_prefix(id);
         let start = start_after(cursor_key(cursor, &prefix)?.as_deref(), prefix.clone());
         let end = prefix_end(&prefix);
-        let keys = self.index_keys(start, end, limit + 1)?;
-        let more = keys.len() > limit;
-        let mut items = Vec::with_capacity(keys.len().min(limit));
+        let mut items = Vec::with_capacity(limit.min(1024));
         let mut last = None;
-        for k in keys.into_iter().take(limit) {
-            let seq = k
-                .get(k.len() - 8..)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            let ek = event_key(id, seq);
-            if let Some(v) = self.events.get(&ek)? {
-                items.push(decode(&ek, &v)?);
+        let mut more = false;
+        for kv in self.timeline.range(start..end) {
+            let (k, v) = kv?;
+            if items.len() == limit {
+                more = true;
+                break;
             }
+            items.push(decode(&k, &v)?);
             last = Some(k);
         }
         Ok(Page {
@@ -1038,15 +1099,10 @@ impl Store for SledStore {
             let incident: Incident = decode(&k, &v)?;
             let id = incident.id.clone();
             sink(ExportRecord::Incident(Box::new(incident)))?;
-            for kv in self.events.scan_prefix(event_prefix(&id)) {
+            for kv in self.timeline.scan_prefix(event_prefix(&id)) {
                 let (k, v) = kv?;
-                let seq = k
-                    .get(k.len().saturating_sub(8)..)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
                 sink(ExportRecord::Event {
-                    seq,
+                    seq: seq_of_key(&k),
                     event: Box::new(decode(&k, &v)?),
                 })?;
             }
@@ -1215,6 +1271,21 @@ mod tests {
         assert_eq!(store.incident_count().unwrap(), 0);
     }
 
+    /// Files an incident event as schemas 1 and 2 did: `events` by append position, and
+    /// (schema 2) its time in the index.
+    fn put_v2_event(store: &SledStore, seq: u64, e: &Event, indexed: bool) {
+        let id = e.incident_id.as_ref().unwrap();
+        let mut key = event_prefix(id);
+        key.extend_from_slice(&seq.to_be_bytes());
+        let events = store.db.open_tree(EVENTS_V2).unwrap();
+        events.insert(key, encode(e).unwrap()).unwrap();
+        if indexed {
+            let mut ix = vec![IX_EVENT_TIME_V2];
+            ix.extend_from_slice(&timeline_key(id, e.occurred_at, seq));
+            store.index.insert(ix, &[]).unwrap();
+        }
+    }
+
     #[test]
     fn a_schema_1_data_dir_is_upgraded_in_place_with_its_indexes_built() {
         let dir = tempfile::tempdir().unwrap();
@@ -1226,10 +1297,10 @@ mod tests {
                 .write(&mut |tx| {
                     tx.put_incident(&incident("A", IncidentStatus::Triggered))?;
                     tx.put_incident(&incident("B", IncidentStatus::Resolved))?;
-                    tx.put_incident_event(0, &event("A"))?;
                     tx.put_stream_event(&stream)
                 })
                 .unwrap();
+            put_v2_event(&store, 0, &event("A"), false);
             // What schema 1 had: no index tree, no counter.
             store.index.clear().unwrap();
             store.meta.remove(META_INCIDENT_COUNT).unwrap();
@@ -1253,11 +1324,86 @@ mod tests {
         );
         assert_eq!(store.stream_page(None, 10).unwrap().items.len(), 1);
         assert!(store.meta.get(META_OPEN_V1).unwrap().is_none());
+        assert!(!store
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n == EVENTS_V2.as_bytes()));
         drop(store);
-        // Opened again: already schema 2, nothing to do. (sled's flusher thread may hold
-        // the directory lock a moment after the drop.)
+        // Opened again: already the current schema, nothing to do. (sled's flusher thread
+        // may hold the directory lock a moment after the drop.)
         let store = reopen(dir.path());
         assert_eq!(store.incident_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_schema_2_data_dir_files_its_incident_events_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = IncidentId::parse("A").unwrap();
+        let base = Utc::now();
+        // Appended out of time order: the second event happened first.
+        let mut late = event("A");
+        late.occurred_at = base;
+        late.title = "late".into();
+        let mut early = event("A");
+        early.occurred_at = base - chrono::Duration::minutes(5);
+        early.title = "early".into();
+        let mut other = event("AB");
+        other.occurred_at = base - chrono::Duration::minutes(9);
+        {
+            let store = reopen(dir.path());
+            store
+                .write(&mut |tx| {
+                    tx.put_incident(&incident("A", IncidentStatus::Triggered))?;
+                    tx.put_incident(&incident("AB", IncidentStatus::Triggered))
+                })
+                .unwrap();
+            put_v2_event(&store, 0, &late, true);
+            put_v2_event(&store, 1, &early, true);
+            put_v2_event(&store, 0, &other, true);
+            store.meta.insert(META_SCHEMA, &2u32.to_be_bytes()).unwrap();
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        let version = store.meta.get(META_SCHEMA).unwrap().unwrap();
+        assert_eq!(version.as_ref(), &SCHEMA_VERSION.to_be_bytes());
+        // Pages go by time; the whole list keeps append order.
+        let titles = |events: Vec<Event>| events.into_iter().map(|e| e.title).collect::<Vec<_>>();
+        let first = store.incident_events_page(&a, None, 1).unwrap();
+        assert_eq!(titles(first.items), ["early"]);
+        let second = store
+            .incident_events_page(&a, first.next.as_deref(), 1)
+            .unwrap();
+        assert_eq!(titles(second.items), ["late"]);
+        assert_eq!(second.next, None);
+        assert_eq!(
+            titles(store.incident_events(&a).unwrap()),
+            ["late", "early"]
+        );
+        assert_eq!(
+            store
+                .incident_events(&IncidentId::parse("AB").unwrap())
+                .unwrap()
+                .len(),
+            1
+        );
+        // The old tree and the old index keys are gone.
+        assert!(!store
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n == EVENTS_V2.as_bytes()));
+        assert_eq!(store.index.scan_prefix([IX_EVENT_TIME_V2]).count(), 0);
+        // The next append goes after the migrated ones.
+        let mut next = event("A");
+        next.title = "next".into();
+        store
+            .write(&mut |tx| tx.put_incident_event(2, &next))
+            .unwrap();
+        assert_eq!(
+            titles(store.incident_events(&a).unwrap()),
+            ["late", "early", "next"]
+        );
     }
 
     /// Opens a directory just closed, waiting for sled to let go of its lock (its
