@@ -209,19 +209,19 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
     })
 }
 
-/// Removes the keys `keys` yields from `tree`, 10,000 to a batch: sled keeps what a
+/// Writes per batch in the upgrades.
+const BATCH: u64 = 10_000;
+
+/// Removes the keys `keys` yields from `tree`, [`BATCH`] to a batch: sled keeps what a
 /// batch replaces in memory until the batch ends (one batch of a million removals grew
 /// the process to 4 GiB).
 fn remove_in_batches(tree: &sled::Tree, keys: sled::Iter) -> Result<(), StoreError> {
     let mut batch = sled::Batch::default();
-    let mut pending = 0usize;
-    for kv in keys {
+    for (n, kv) in (1u64..).zip(keys) {
         let (k, _) = kv?;
         batch.remove(k);
-        pending += 1;
-        if pending >= 10_000 {
+        if n % BATCH == 0 {
             tree.apply_batch(std::mem::take(&mut batch))?;
-            pending = 0;
         }
     }
     tree.apply_batch(batch)?;
@@ -312,8 +312,8 @@ impl SledStore {
             incidents += 1;
         }
         // Schema 1 kept an incident's events in `events` (id ++ 0x00 ++ seq), as schema 2
-        // did: the next upgrade files them by time, so there is no index of them to build.
-        let events = self.db.open_tree(EVENTS_V2)?.len();
+        // did: the next upgrade files them by time (and counts them), so there is no
+        // index of them to build.
         let mut streamed = 0u64;
         for kv in self.stream.iter() {
             let (k, v) = kv?;
@@ -331,7 +331,6 @@ impl SledStore {
         self.db.flush()?;
         tracing::info!(
             incidents,
-            events,
             stream = streamed,
             secs = started.elapsed().as_secs_f64(),
             "upgrade to schema 2 done"
@@ -346,24 +345,21 @@ impl SledStore {
     /// upgrade runs again (the copies are the same keys and values).
     fn migrate_from_v2(&self) -> Result<(), StoreError> {
         let old = self.db.open_tree(EVENTS_V2)?;
+        // (No count up front: sled counts a tree by reading all of it.)
         tracing::info!(
-            events = old.len(),
             "upgrading the data directory from schema 2 to 3: filing incident events by time"
         );
         let started = std::time::Instant::now();
         let mut copied = 0u64;
         let mut batch = sled::Batch::default();
-        let mut pending = 0usize;
         for kv in old.iter() {
             let (k, v) = kv?;
             let e: Event = decode(&k, &v)?;
             let Some(id) = &e.incident_id else { continue };
             batch.insert(timeline_key(id, e.occurred_at, seq_of_key(&k)), v);
-            pending += 1;
             copied += 1;
-            if pending >= 10_000 {
+            if copied % BATCH == 0 {
                 self.timeline.apply_batch(std::mem::take(&mut batch))?;
-                pending = 0;
             }
             if copied % 100_000 == 0 {
                 tracing::info!(events = copied, "upgrade: incident events filed by time");
