@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo bench --bench ingest` (or `scripts/bench-ingest`). Env: BENCH_REQUESTS;
 //! BENCH_SERVER_BIN (another build of the service, for a before and after in one run);
-//! BENCH_ROUNDS (5): rounds of the reference points, which take turns.
+//! BENCH_ROUNDS (5): rounds of the reference points, which take turns;
+//! BENCH_REFERENCES_ONLY=1: only those rounds (the ratios), in a few seconds.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +81,15 @@ fn request(kind: Kind, n: u64) -> (&'static str, Vec<(&'static str, String)>, Ve
         Kind::PagerDuty => {
             let b = body(n);
             let sig = format!("v1={}", hmac_sha256_hex(SECRET.as_bytes(), &[&b]));
-            ("pagerduty", vec![("X-PagerDuty-Signature", sig)], b)
+            // As PagerDuty sends them: a webhook id per delivery, repeated on its retries.
+            (
+                "pagerduty",
+                vec![
+                    ("X-PagerDuty-Signature", sig),
+                    ("X-Webhook-Id", format!("wh-{n}")),
+                ],
+                b,
+            )
         }
         Kind::Datadog => {
             let b = format!(
@@ -280,6 +289,10 @@ fn main() {
             .pool_max_idle_per_host(256)
             .build()
             .unwrap();
+        if std::env::var_os("BENCH_REFERENCES_ONLY").is_some() {
+            references(&client, requests, smoke, false).await;
+            return;
+        }
         println!("signed PagerDuty webhooks, {requests} per step, loopback, release build");
         println!("| mode | concurrency | req/s | p50 ms | p99 ms | errors |");
         println!("|---|---|---|---|---|---|");
@@ -317,7 +330,7 @@ fn main() {
             println!("| {label} | {} |", s.cells());
         }
         drop(server);
-        references(&client, requests, smoke).await;
+        references(&client, requests, smoke, !smoke).await;
     });
 }
 
@@ -388,7 +401,8 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
 
 /// The ceiling (same HTTP stack, signature check and JSON parse, no storage) and the peer
 /// (Prometheus Alertmanager, in memory) in the same run, plus memory and disk figures.
-async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
+/// With `startup`, then the start-up on a million stored events.
+async fn references(client: &reqwest::Client, requests: u64, smoke: bool, startup: bool) {
     use actix_web::{web, App, HttpResponse, HttpServer};
     // This machine's speed drifts by ±30 % within minutes, so the three servers run side
     // by side and take turns, round after round; the ratios are per round and their median.
@@ -588,7 +602,7 @@ async fn references(client: &reqwest::Client, requests: u64, smoke: bool) {
         disk,
         disk / stored.max(1)
     );
-    if !smoke {
+    if startup {
         startup_with_million_events().await;
     }
 }

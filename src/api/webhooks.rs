@@ -59,7 +59,7 @@ async fn handle(
     handler.prefetch(&headers, &body).await?;
     handler.verify(&headers, &body, now)?;
     let mut normalized = handler.normalize(&headers, &body, now)?;
-    if handler.signs_body() {
+    if handler.signs_body() && !handler.body_carries_delivery_key() {
         // Replay protection: the same signed body under a fresh delivery header is the
         // same delivery (the header is not covered by the signature).
         normalized.delivery_keys.push(format!(

@@ -103,6 +103,14 @@ pub trait WebhookSource: Send + Sync + 'static {
         false
     }
 
+    /// True when every delivery this source accepts carries a delivery key read from its
+    /// signed body (an id the provider gives each event): a replay of the body then
+    /// already meets that key, and a key for the body's hash would be a second write
+    /// and a second lookup per webhook for the same thing.
+    fn body_carries_delivery_key(&self) -> bool {
+        false
+    }
+
     /// Fetches what verification needs (SNS signing certificates), before `verify`.
     fn prefetch<'a>(
         &'a self,

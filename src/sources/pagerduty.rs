@@ -2,8 +2,11 @@
 //!
 //! Signature: `X-PagerDuty-Signature: v1=<hex>[,v1=<hex>…]`, HMAC-SHA256 of the raw body;
 //! any one match is enough (PagerDuty sends several while a secret rotates).
-//! Idempotency: `event.id` (unique per outbound event, shared by every subscription) and
-//! `X-Webhook-Id` (repeated on every retry); V2 uses the message ids.
+//! Idempotency: `event.id`, unique per outbound event, shared by every subscription and
+//! inside the signed body, so a retry (the same webhook, the same body) and a replay
+//! under a new `X-Webhook-Id` both meet it; V2 uses the message ids, also in the body.
+//! One key per webhook: the `X-Webhook-Id` header and the body's hash would name the
+//! same delivery again, at a read and a write each in the committer's unit.
 
 use std::collections::BTreeMap;
 
@@ -71,6 +74,12 @@ impl WebhookSource for PagerDuty {
         true
     }
 
+    fn body_carries_delivery_key(&self) -> bool {
+        // V3 refuses an empty `event.id`, V2 an empty `messages[]`; each message's id is
+        // a key.
+        true
+    }
+
     fn verify(
         &self,
         headers: &Headers,
@@ -97,7 +106,12 @@ impl WebhookSource for PagerDuty {
         let envelope: Envelope = serde_json::from_value(value.clone())
             .map_err(|e| NormalizeError::Shape(explain_shape(&value, &e)))?;
         match envelope {
-            Envelope::V3 { event } => normalize_v3(event, headers.get("X-Webhook-Id"), received_at),
+            Envelope::V3 { event } => {
+                if let Some(webhook) = headers.get("X-Webhook-Id") {
+                    tracing::trace!(webhook, event = %event.id, "PagerDuty webhook");
+                }
+                normalize_v3(event, received_at)
+            }
             Envelope::V2 { messages } => normalize_v2(messages, received_at),
         }
     }
@@ -427,11 +441,7 @@ fn assignee_handles(data: &IncidentData) -> Vec<String> {
     out
 }
 
-fn normalize_v3(
-    event: V3Event,
-    webhook_id: Option<&str>,
-    received_at: DateTime<Utc>,
-) -> Result<Normalized, NormalizeError> {
+fn normalize_v3(event: V3Event, received_at: DateTime<Utc>) -> Result<Normalized, NormalizeError> {
     let occurred_at = time::parse_rfc3339(&event.occurred_at).ok_or_else(|| {
         shape(format!(
             "event.occurred_at '{}' is not RFC 3339",
@@ -442,9 +452,6 @@ fn normalize_v3(
         return Err(shape("event.id is empty"));
     }
     let mut delivery_keys = vec![format!("pagerduty:event:{}", event.id)];
-    if let Some(w) = webhook_id.filter(|w| !w.trim().is_empty()) {
-        delivery_keys.push(format!("pagerduty:webhook:{}", w.trim()));
-    }
     let delivery = event.id.clone();
     // Only a person is an actor: an incident resolved by its integration or service
     // was resolved, not resolved by someone.
@@ -609,7 +616,7 @@ pub fn normalize_recovered(
         agent: agent.and_then(|a| serde_json::from_value(a).ok()),
         data,
     };
-    normalize_v3(event, None, received_at)
+    normalize_v3(event, received_at)
 }
 
 /// The delivery key of a PagerDuty note, whether its webhook or the REST API brought it.
@@ -626,6 +633,10 @@ fn normalize_v2(
     }
     let mut out = Normalized::default();
     for m in messages {
+        if m.id.trim().is_empty() {
+            // The id is the delivery key (see `body_carries_delivery_key`).
+            return Err(shape("messages[].id is empty"));
+        }
         let kind = match m.event.as_str() {
             "incident.trigger" => EventKind::IncidentTriggered,
             "incident.acknowledge" => EventKind::IncidentAcknowledged,

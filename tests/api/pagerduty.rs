@@ -334,6 +334,49 @@ async fn the_same_delivery_twice_stores_one_event_and_answers_2xx_both_times() {
         .await;
     assert_eq!(third.status(), 200);
     assert_eq!(app.events("PFQZPSY").await.len(), 1);
+    // One delivery key does all of that: `event.id` is in the signed body, so neither
+    // the webhook id nor the body's hash is written (a write and a read each per webhook).
+    let event_id = serde_json::from_slice::<Value>(&body).unwrap()["event"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stored = app
+        .store
+        .delivery(&format!("pagerduty:event:{event_id}"))
+        .unwrap()
+        .expect("the event's key is stored");
+    assert_eq!(stored.event_ids.len(), 1);
+    for other in [
+        "pagerduty:webhook:wh-1".to_owned(),
+        format!(
+            "pagerduty:body:{}",
+            incidentpost::sources::signature::sha256_hex(&body)
+        ),
+    ] {
+        assert!(app.store.delivery(&other).unwrap().is_none(), "{other}");
+    }
+}
+
+#[tokio::test]
+async fn a_v2_message_without_an_id_is_refused_as_it_could_not_be_told_from_another() {
+    let app = spawn_app().await;
+    let mut v2: Value = serde_json::from_slice(&fixture_bytes(
+        "pagerduty/v2-messages-incident.trigger.developer-docs.json",
+    ))
+    .unwrap();
+    v2["messages"][0]["id"] = Value::from(" ");
+    let res = app.post_pagerduty(&serde_json::to_vec(&v2).unwrap()).await;
+    assert_eq!(res.status(), 400);
+    let json: Value = res.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "invalid_payload", "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("messages[].id"),
+        "{json}"
+    );
+    assert!(app.incidents().await.is_empty(), "nothing stored");
 }
 
 #[tokio::test]
