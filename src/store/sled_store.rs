@@ -167,6 +167,24 @@ fn cursor_key(cursor: Option<&str>, prefix: &[u8]) -> Result<Option<Vec<u8>>, St
     }
 }
 
+/// [`cursor_key`] for an incident's events page, which also takes the cursors schema 2
+/// handed out: its index key, `e` ++ the key `timeline` has now, so a client paging
+/// across the upgrade goes on where it was.
+fn events_cursor_key(cursor: Option<&str>, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    match cursor_key(cursor, prefix) {
+        Err(StoreError::BadCursor) => {
+            let k = cursor.and_then(|c| hex::decode(c).ok()).unwrap_or_default();
+            match k.split_first() {
+                Some((&IX_EVENT_TIME_V2, rest)) if rest.starts_with(prefix) => {
+                    Ok(Some(rest.to_vec()))
+                }
+                _ => Err(StoreError::BadCursor),
+            }
+        }
+        other => other,
+    }
+}
+
 /// sled-backed [`Store`].
 pub struct SledStore {
     db: sled::Db,
@@ -284,6 +302,7 @@ impl SledStore {
                         expected: SCHEMA_VERSION,
                     });
                 }
+                store.remove_v2_leftovers()?;
             }
         }
         Ok(store)
@@ -340,9 +359,14 @@ impl SledStore {
 
     /// Schema 2 kept an incident's events in `events` (id ++ 0x00 ++ seq) and indexed them
     /// by time in `index` (prefix `e`): two writes per event, and a page read two
-    /// lookups per row. Schema 3 keys `timeline` by time. Copies each event, flushes,
-    /// then drops the old tree and index keys and writes the version: an interrupted
-    /// upgrade runs again (the copies are the same keys and values).
+    /// lookups per row. Schema 3 keys `timeline` by time. Copies each event, flushes and
+    /// writes the version; only then are the old tree and index keys removed (by
+    /// [`Self::remove_v2_leftovers`], which every open runs). An upgrade interrupted
+    /// during the copy runs again (the copies are the same keys and values); one
+    /// interrupted during the removal is a schema-3 directory whose next open finishes
+    /// it. So a directory that says schema 2 always holds all of its schema-2 events:
+    /// going back to the previous release before the version is written loses nothing,
+    /// and after it that release refuses the directory instead of showing half of it.
     fn migrate_from_v2(&self) -> Result<(), StoreError> {
         let old = self.db.open_tree(EVENTS_V2)?;
         // (No count up front: sled counts a tree by reading all of it.)
@@ -355,8 +379,25 @@ impl SledStore {
         for kv in old.iter() {
             let (k, v) = kv?;
             let e: Event = decode(&k, &v)?;
-            let Some(id) = &e.incident_id else { continue };
-            batch.insert(timeline_key(id, e.occurred_at, seq_of_key(&k)), v);
+            // The old key names the incident (id ++ 0x00 ++ seq): it is where the event
+            // was filed, whatever the record says.
+            let id = k
+                .len()
+                .checked_sub(9)
+                .and_then(|end| std::str::from_utf8(&k[..end]).ok())
+                .and_then(|id| IncidentId::parse(id).ok())
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    message: "a schema-2 event key that names no incident".into(),
+                })?;
+            let key = timeline_key(&id, e.occurred_at, seq_of_key(&k));
+            if e.incident_id.as_ref() == Some(&id) {
+                batch.insert(key, v);
+            } else {
+                let mut e = e;
+                e.incident_id = Some(id);
+                batch.insert(key, encode(&e)?);
+            }
             copied += 1;
             if copied % BATCH == 0 {
                 self.timeline.apply_batch(std::mem::take(&mut batch))?;
@@ -366,22 +407,52 @@ impl SledStore {
             }
         }
         self.timeline.apply_batch(batch)?;
-        // The copies are on disk before the originals go.
-        self.db.flush()?;
-        remove_in_batches(&self.index, self.index.scan_prefix([IX_EVENT_TIME_V2]))?;
-        // Emptied first: `drop_tree` of a full tree reads every node into memory (680 MiB
-        // of resident memory kept after dropping a million events).
-        remove_in_batches(&old, old.iter())?;
         drop(old);
-        self.db.drop_tree(EVENTS_V2)?;
+        // The copies and the version are on disk before the originals go.
         self.meta
             .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
         self.db.flush()?;
         tracing::info!(
             events = copied,
             secs = started.elapsed().as_secs_f64(),
+            "upgrade to schema 3: events copied; removing the schema-2 copies"
+        );
+        self.remove_v2_leftovers()?;
+        tracing::info!(
+            secs = started.elapsed().as_secs_f64(),
             "upgrade to schema 3 done"
         );
+        Ok(())
+    }
+
+    /// Removes what schema 2 kept of incident events once schema 3 holds them (after an
+    /// upgrade, or on the open after one interrupted while removing): cheap to ask on
+    /// every open, a tree name and one index key.
+    fn remove_v2_leftovers(&self) -> Result<(), StoreError> {
+        let has_tree = self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n == EVENTS_V2.as_bytes());
+        let has_keys = self
+            .index
+            .scan_prefix([IX_EVENT_TIME_V2])
+            .next()
+            .transpose()?
+            .is_some();
+        if !has_tree && !has_keys {
+            return Ok(());
+        }
+        remove_in_batches(&self.index, self.index.scan_prefix([IX_EVENT_TIME_V2]))?;
+        if has_tree {
+            let old = self.db.open_tree(EVENTS_V2)?;
+            // Emptied first: `drop_tree` of a full tree reads every node into memory (680
+            // MiB of resident memory kept after dropping a million events).
+            remove_in_batches(&old, old.iter())?;
+            drop(old);
+            self.db.drop_tree(EVENTS_V2)?;
+        }
+        self.db.flush()?;
         Ok(())
     }
 
@@ -832,7 +903,10 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Page<Event>, StoreError> {
         let prefix = event_prefix(id);
-        let start = start_after(cursor_key(cursor, &prefix)?.as_deref(), prefix.clone());
+        let start = start_after(
+            events_cursor_key(cursor, &prefix)?.as_deref(),
+            prefix.clone(),
+        );
         let end = prefix_end(&prefix);
         let mut items = Vec::with_capacity(limit.min(1024));
         let mut last = None;
@@ -1095,10 +1169,17 @@ impl Store for SledStore {
             let incident: Incident = decode(&k, &v)?;
             let id = incident.id.clone();
             sink(ExportRecord::Incident(Box::new(incident)))?;
-            for kv in self.timeline.scan_prefix(event_prefix(&id)) {
-                let (k, v) = kv?;
+            // In append order, as PostgreSQL exports them (`timeline` files them by time):
+            // the same data gives the same file whichever store wrote it.
+            let mut events = self
+                .timeline
+                .scan_prefix(event_prefix(&id))
+                .map(|kv| kv.map(|(k, v)| (seq_of_key(&k), k, v)))
+                .collect::<Result<Vec<_>, _>>()?;
+            events.sort_unstable_by_key(|(seq, _, _)| *seq);
+            for (seq, k, v) in events {
                 sink(ExportRecord::Event {
-                    seq: seq_of_key(&k),
+                    seq,
                     event: Box::new(decode(&k, &v)?),
                 })?;
             }
@@ -1357,6 +1438,15 @@ mod tests {
             put_v2_event(&store, 0, &late, true);
             put_v2_event(&store, 1, &early, true);
             put_v2_event(&store, 0, &other, true);
+            // A record without its incident id, filed under A: the key says where.
+            let mut orphan = event("A");
+            orphan.incident_id = None;
+            orphan.occurred_at = base + chrono::Duration::minutes(1);
+            orphan.title = "orphan".into();
+            let mut key = event_prefix(&a);
+            key.extend_from_slice(&2u64.to_be_bytes());
+            let events = store.db.open_tree(EVENTS_V2).unwrap();
+            events.insert(key, encode(&orphan).unwrap()).unwrap();
             store.meta.insert(META_SCHEMA, &2u32.to_be_bytes()).unwrap();
             store.flush().unwrap();
         }
@@ -1371,10 +1461,47 @@ mod tests {
             .incident_events_page(&a, first.next.as_deref(), 1)
             .unwrap();
         assert_eq!(titles(second.items), ["late"]);
-        assert_eq!(second.next, None);
+        let third = store
+            .incident_events_page(&a, second.next.as_deref(), 1)
+            .unwrap();
+        assert_eq!(titles(third.items), ["orphan"]);
+        assert_eq!(third.next, None);
         assert_eq!(
             titles(store.incident_events(&a).unwrap()),
-            ["late", "early"]
+            ["late", "early", "orphan"]
+        );
+        // A cursor schema 2 handed out (its index key after "early") goes on from there.
+        let mut v2_cursor = vec![IX_EVENT_TIME_V2];
+        v2_cursor.extend_from_slice(&timeline_key(&a, early.occurred_at, 1));
+        let resumed = store
+            .incident_events_page(&a, Some(&hex::encode(&v2_cursor)), 10)
+            .unwrap();
+        assert_eq!(titles(resumed.items), ["late", "orphan"]);
+        // ... but not in another incident's events.
+        let ab = IncidentId::parse("AB").unwrap();
+        assert!(matches!(
+            store.incident_events_page(&ab, Some(&hex::encode(&v2_cursor)), 10),
+            Err(StoreError::BadCursor)
+        ));
+        // The export lists an incident's events in append order, as PostgreSQL's does.
+        let mut exported = Vec::new();
+        store
+            .export(&mut |r| {
+                if let ExportRecord::Event { seq, event } = r {
+                    if event.incident_id.as_ref() == Some(&a) {
+                        exported.push((seq, event.title));
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            exported,
+            [
+                (0, "late".to_owned()),
+                (1, "early".into()),
+                (2, "orphan".into())
+            ]
         );
         assert_eq!(
             store
@@ -1394,12 +1521,43 @@ mod tests {
         let mut next = event("A");
         next.title = "next".into();
         store
-            .write(&mut |tx| tx.put_incident_event(2, &next))
+            .write(&mut |tx| tx.put_incident_event(3, &next))
             .unwrap();
         assert_eq!(
             titles(store.incident_events(&a).unwrap()),
-            ["late", "early", "next"]
+            ["late", "early", "orphan", "next"]
         );
+    }
+
+    #[test]
+    fn an_upgrade_stopped_while_removing_the_old_events_is_finished_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = IncidentId::parse("A").unwrap();
+        let mut e = event("A");
+        e.title = "kept".into();
+        {
+            let store = reopen(dir.path());
+            store
+                .write(&mut |tx| {
+                    tx.put_incident(&incident("A", IncidentStatus::Triggered))?;
+                    tx.put_incident_event(0, &e)
+                })
+                .unwrap();
+            // What a crash after the copy and the version leaves: schema 3 says the
+            // directory, and schema 2's tree and index keys are still there.
+            put_v2_event(&store, 0, &e, true);
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        assert!(!store
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n == EVENTS_V2.as_bytes()));
+        assert_eq!(store.index.scan_prefix([IX_EVENT_TIME_V2]).count(), 0);
+        let events = store.incident_events(&a).unwrap();
+        assert_eq!(events.len(), 1, "nothing copied twice, nothing lost");
+        assert_eq!(events[0].title, "kept");
     }
 
     /// Opens a directory just closed, waiting for sled to let go of its lock (its
