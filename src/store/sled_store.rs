@@ -1348,6 +1348,16 @@ mod tests {
         assert_eq!(store.incident_count().unwrap(), 0);
     }
 
+    /// Neither schema 2's `events` tree nor its index keys of incident events are left.
+    fn assert_no_v2_leftovers(store: &SledStore) {
+        assert!(!store
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n == EVENTS_V2.as_bytes()));
+        assert_eq!(store.index.scan_prefix([IX_EVENT_TIME_V2]).count(), 0);
+    }
+
     /// Files an incident event as schemas 1 and 2 did: `events` by append position, and
     /// (schema 2) its time in the index.
     fn put_v2_event(store: &SledStore, seq: u64, e: &Event, indexed: bool) {
@@ -1401,11 +1411,7 @@ mod tests {
         );
         assert_eq!(store.stream_page(None, 10).unwrap().items.len(), 1);
         assert!(store.meta.get(META_OPEN_V1).unwrap().is_none());
-        assert!(!store
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n == EVENTS_V2.as_bytes()));
+        assert_no_v2_leftovers(&store);
         drop(store);
         // Opened again: already the current schema, nothing to do. (sled's flusher thread
         // may hold the directory lock a moment after the drop.)
@@ -1511,12 +1517,7 @@ mod tests {
             1
         );
         // The old tree and the old index keys are gone.
-        assert!(!store
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n == EVENTS_V2.as_bytes()));
-        assert_eq!(store.index.scan_prefix([IX_EVENT_TIME_V2]).count(), 0);
+        assert_no_v2_leftovers(&store);
         // The next append goes after the migrated ones.
         let mut next = event("A");
         next.title = "next".into();
@@ -1549,12 +1550,7 @@ mod tests {
             store.flush().unwrap();
         }
         let store = reopen(dir.path());
-        assert!(!store
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n == EVENTS_V2.as_bytes()));
-        assert_eq!(store.index.scan_prefix([IX_EVENT_TIME_V2]).count(), 0);
+        assert_no_v2_leftovers(&store);
         let events = store.incident_events(&a).unwrap();
         assert_eq!(events.len(), 1, "nothing copied twice, nothing lost");
         assert_eq!(events[0].title, "kept");
