@@ -632,10 +632,15 @@ fn normalize_v2(
         return Err(shape("messages[] is empty"));
     }
     let mut out = Normalized::default();
+    let mut seen = std::collections::HashSet::new();
     for m in messages {
         if m.id.trim().is_empty() {
             // The id is the delivery key (see `body_carries_delivery_key`).
             return Err(shape("messages[].id is empty"));
+        }
+        if !seen.insert(m.id.clone()) {
+            // The same message twice in one body is one message.
+            continue;
         }
         let kind = match m.event.as_str() {
             "incident.trigger" => EventKind::IncidentTriggered,

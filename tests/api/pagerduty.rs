@@ -358,6 +358,22 @@ async fn the_same_delivery_twice_stores_one_event_and_answers_2xx_both_times() {
 }
 
 #[tokio::test]
+async fn a_v2_message_twice_in_one_body_is_stored_once() {
+    let app = spawn_app().await;
+    let mut v2: Value = serde_json::from_slice(&fixture_bytes(
+        "pagerduty/v2-messages-incident.trigger.developer-docs.json",
+    ))
+    .unwrap();
+    let message = v2["messages"][0].clone();
+    v2["messages"] = Value::from(vec![message.clone(), message]);
+    let res = app.post_pagerduty(&serde_json::to_vec(&v2).unwrap()).await;
+    assert_eq!(res.status(), 202);
+    let json: Value = res.json().await.unwrap();
+    assert_eq!(json["event_ids"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(app.events("PRORDTY").await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_v2_message_without_an_id_is_refused_as_it_could_not_be_told_from_another() {
     let app = spawn_app().await;
     let mut v2: Value = serde_json::from_slice(&fixture_bytes(
