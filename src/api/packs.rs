@@ -320,6 +320,7 @@ pub(crate) async fn apply_edit(
     state
         .ingest
         .submit(Submission {
+            event_keys: Vec::new(),
             delivery_keys: Vec::new(),
             events,
             raw: Vec::new(),
@@ -418,6 +419,7 @@ pub(crate) async fn import_text(
     let receipt = state
         .ingest
         .submit(Submission {
+            event_keys: Vec::new(),
             delivery_keys: vec![format!("import:{}", imported.digest)],
             events: imported.events,
             raw: text.as_bytes().to_vec(),

@@ -77,11 +77,11 @@ async fn handle(
     } else {
         false
     };
-    let event_count = normalized.events.len();
     let receipt = state
         .ingest
         .submit(Submission {
             delivery_keys: normalized.delivery_keys,
+            event_keys: normalized.event_keys,
             events: normalized.events,
             raw: body.to_vec(),
             cursors: Vec::new(),
@@ -95,6 +95,7 @@ async fn handle(
             incident_ids,
             ..
         } => {
+            let event_count = event_ids.len();
             metrics::counter!("incidentpost_events_stored_total", "source" => label)
                 .increment(event_count as u64);
             state.reconcile.ledger().stored(source);

@@ -30,6 +30,11 @@ pub struct Submission {
     /// Delivery keys, each `source:kind:id`. If any was stored before, the submission is a
     /// duplicate and nothing new is stored. Empty: never de-duplicated.
     pub delivery_keys: Vec<String>,
+    /// For a body that carries several deliveries (PagerDuty V2's messages), the key of
+    /// each event, in the order of `events` (each also in `delivery_keys`): then each
+    /// event is de-duplicated on its own, and the submission is a duplicate only when
+    /// every event is. Empty: the submission is one delivery.
+    pub event_keys: Vec<String>,
     /// The normalized events (possibly none: an unhandled type is kept as raw only).
     pub events: Vec<Event>,
     /// The raw payload, kept for audit and re-normalization.
@@ -234,6 +239,7 @@ mod tests {
 
     fn raw_only(n: u32) -> Submission {
         Submission {
+            event_keys: Vec::new(),
             delivery_keys: vec![format!("test:delivery:{n}")],
             events: Vec::new(),
             raw: b"{}".to_vec(),

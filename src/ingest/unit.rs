@@ -46,6 +46,11 @@ pub(super) fn apply_submissions(
             for (key, value) in &sub.cursors {
                 tx.put_cursor(key, value)?;
             }
+            if !sub.event_keys.is_empty() {
+                let receipt = apply_deliveries(tx, &mut unit, sub, &mut seen_in_batch)?;
+                applied.receipts.push(receipt);
+                continue;
+            }
             let mut first = find_duplicate(tx, sub, &seen_in_batch)?;
             if first.is_none() {
                 first = recovered_twin(tx, sub, now)?;
@@ -128,6 +133,73 @@ pub(super) fn apply_submissions(
             Err(e)
         }
     }
+}
+
+/// A submission whose events are each a delivery of their own (`event_keys`): stores
+/// the events whose key is new, with the raw payload, and their keys; a duplicate when
+/// none is new. (A body mixing messages stored before with new ones would otherwise be
+/// taken for a retry and the new ones lost.)
+fn apply_deliveries<'s>(
+    tx: &mut dyn WriteTx,
+    unit: &mut Unit<'_>,
+    sub: &'s Submission,
+    seen_in_batch: &mut HashSet<&'s str>,
+) -> Result<Receipt, StoreError> {
+    let mut fresh = Vec::new();
+    let mut known = Vec::new();
+    for (event, key) in sub.events.iter().zip(&sub.event_keys) {
+        if seen_in_batch.contains(key.as_str()) {
+            continue;
+        }
+        match tx.delivery(key)? {
+            Some(record) => known.extend(record.event_ids),
+            None => fresh.push((event, key)),
+        }
+    }
+    if fresh.is_empty() {
+        return Ok(Receipt::Duplicate { event_ids: known });
+    }
+    let raw_id = fresh[0].0.id;
+    tx.put_raw(raw_id, &sub.raw)?;
+    let mut event_ids = Vec::with_capacity(fresh.len());
+    let mut incident_ids = Vec::new();
+    for (event, key) in fresh {
+        let mut event = event.clone();
+        event.raw_id = Some(raw_id);
+        detect_rollback(tx, &mut event)?;
+        if let Some(id) = attach_event(tx, unit, &mut event)? {
+            if !incident_ids.contains(&id) {
+                incident_ids.push(id);
+            }
+        }
+        tx.put_delivery(
+            key,
+            &DeliveryRecord {
+                stored_at: unit.now,
+                event_ids: vec![event.id],
+            },
+        )?;
+        seen_in_batch.insert(key);
+        event_ids.push(event.id);
+    }
+    // The body's other keys (messages of types not recorded) name no event.
+    for key in &sub.delivery_keys {
+        if !sub.event_keys.contains(key) && tx.delivery(key)?.is_none() {
+            tx.put_delivery(
+                key,
+                &DeliveryRecord {
+                    stored_at: unit.now,
+                    event_ids: Vec::new(),
+                },
+            )?;
+            seen_in_batch.insert(key);
+        }
+    }
+    Ok(Receipt::Stored {
+        raw_id,
+        event_ids,
+        incident_ids,
+    })
 }
 
 /// Stores an incident record and keeps the correlation index in step with it.

@@ -142,6 +142,7 @@ impl CloudWatchPoller {
             };
             report.alarm_events += events.len();
             submissions.push(Submission {
+                event_keys: Vec::new(),
                 delivery_keys: keys,
                 events,
                 raw: Vec::new(),
@@ -293,6 +294,7 @@ impl CloudWatchPoller {
                 continue;
             };
             out.push(Submission {
+                event_keys: Vec::new(),
                 delivery_keys: vec![format!(
                     "cloudwatch:metric:{}:{}",
                     q.id,

@@ -511,6 +511,7 @@ fn recovered_submission(
     }
     Some(Submission {
         delivery_keys: normalized.delivery_keys,
+        event_keys: normalized.event_keys,
         events: normalized.events,
         raw: serde_json::to_vec(raw).unwrap_or_default(),
         cursors: Vec::new(),

@@ -539,8 +539,8 @@ impl WebhookSource for Github {
         Ok(Normalized {
             delivery_keys,
             events,
-            reply: None,
             ignored,
+            ..Default::default()
         })
     }
 }

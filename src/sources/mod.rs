@@ -84,6 +84,9 @@ pub enum NormalizeError {
 pub struct Normalized {
     /// Delivery keys for idempotency, `source:kind:id`.
     pub delivery_keys: Vec<String>,
+    /// The key of each event when the body carries several deliveries (see
+    /// `ingest::Submission::event_keys`); empty when it is one.
+    pub event_keys: Vec<String>,
     /// Events to store (may be empty: the raw payload is still recorded).
     pub events: Vec<crate::domain::Event>,
     /// A body to answer with instead of storing anything (handshakes, pings).

@@ -703,8 +703,14 @@ fn normalize_v2(
         if let (Some(id), true) = (actor_id, ev.actor.is_some()) {
             ev.attrs.insert(ATTR_ACTOR_ID.into(), Value::from(id));
         }
-        out.delivery_keys.push(format!("pagerduty:v2:{}", m.id));
+        let key = format!("pagerduty:v2:{}", m.id);
+        out.event_keys.push(key.clone());
+        out.delivery_keys.push(key);
         out.events.push(ev);
+    }
+    if out.events.len() < 2 {
+        // One message is one delivery, as a V3 webhook is.
+        out.event_keys.clear();
     }
     if out.events.is_empty() {
         out.ignored = Some("no incident messages".into());

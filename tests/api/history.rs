@@ -414,6 +414,7 @@ async fn stop_before_pull_ins(
     // answer, the markers below wait for the restart.
     app.ingest
         .submit(incidentpost::ingest::Submission {
+            event_keys: Vec::new(),
             delivery_keys: Vec::new(),
             events: Vec::new(),
             raw: Vec::new(),

@@ -358,6 +358,42 @@ async fn the_same_delivery_twice_stores_one_event_and_answers_2xx_both_times() {
 }
 
 #[tokio::test]
+async fn a_v2_body_mixing_stored_and_new_messages_stores_the_new_ones() {
+    let app = spawn_app().await;
+    let v2: Value = serde_json::from_slice(&fixture_bytes(
+        "pagerduty/v2-messages-incident.trigger.developer-docs.json",
+    ))
+    .unwrap();
+    let body = |ids: &[&str]| {
+        let mut b = v2.clone();
+        b["messages"] = ids
+            .iter()
+            .map(|id| {
+                let mut m = v2["messages"][0].clone();
+                m["id"] = Value::from(*id);
+                m
+            })
+            .collect();
+        serde_json::to_vec(&b).unwrap()
+    };
+    let first = app.post_pagerduty(&body(&["m5", "m6"])).await;
+    assert_eq!(first.status(), 202);
+    // m5 again, with a message not seen before: m7 is stored, m5 is not stored twice.
+    let mixed = app.post_pagerduty(&body(&["m7", "m5"])).await;
+    assert_eq!(mixed.status(), 202);
+    let mixed: Value = mixed.json().await.unwrap();
+    assert_eq!(mixed["event_ids"].as_array().unwrap().len(), 1, "{mixed}");
+    assert_eq!(app.events("PRORDTY").await.len(), 3);
+    // Every message seen: a duplicate, answered with the events stored for them.
+    let again = app.post_pagerduty(&body(&["m7", "m5"])).await;
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["status"], "duplicate");
+    assert_eq!(again["event_ids"].as_array().unwrap().len(), 2, "{again}");
+    assert_eq!(app.events("PRORDTY").await.len(), 3);
+}
+
+#[tokio::test]
 async fn a_v2_message_twice_in_one_body_is_stored_once() {
     let app = spawn_app().await;
     let mut v2: Value = serde_json::from_slice(&fixture_bytes(
