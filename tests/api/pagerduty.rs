@@ -357,35 +357,43 @@ async fn the_same_delivery_twice_stores_one_event_and_answers_2xx_both_times() {
     }
 }
 
-#[tokio::test]
-async fn a_v2_body_mixing_stored_and_new_messages_stores_the_new_ones() {
-    let app = spawn_app().await;
-    let v2: Value = serde_json::from_slice(&fixture_bytes(
+/// The V2 trigger fixture with one copy of its message per id.
+fn v2_trigger_with_ids(ids: &[&str]) -> Vec<u8> {
+    let mut v2: Value = serde_json::from_slice(&fixture_bytes(
         "pagerduty/v2-messages-incident.trigger.developer-docs.json",
     ))
     .unwrap();
-    let body = |ids: &[&str]| {
-        let mut b = v2.clone();
-        b["messages"] = ids
-            .iter()
-            .map(|id| {
-                let mut m = v2["messages"][0].clone();
-                m["id"] = Value::from(*id);
-                m
-            })
-            .collect();
-        serde_json::to_vec(&b).unwrap()
-    };
-    let first = app.post_pagerduty(&body(&["m5", "m6"])).await;
+    let message = v2["messages"][0].clone();
+    v2["messages"] = ids
+        .iter()
+        .map(|id| {
+            let mut m = message.clone();
+            m["id"] = Value::from(*id);
+            m
+        })
+        .collect();
+    serde_json::to_vec(&v2).unwrap()
+}
+
+#[tokio::test]
+async fn a_v2_body_mixing_stored_and_new_messages_stores_the_new_ones() {
+    let app = spawn_app().await;
+    let first = app
+        .post_pagerduty(&v2_trigger_with_ids(&["m5", "m6"]))
+        .await;
     assert_eq!(first.status(), 202);
     // m5 again, with a message not seen before: m7 is stored, m5 is not stored twice.
-    let mixed = app.post_pagerduty(&body(&["m7", "m5"])).await;
+    let mixed = app
+        .post_pagerduty(&v2_trigger_with_ids(&["m7", "m5"]))
+        .await;
     assert_eq!(mixed.status(), 202);
     let mixed: Value = mixed.json().await.unwrap();
     assert_eq!(mixed["event_ids"].as_array().unwrap().len(), 1, "{mixed}");
     assert_eq!(app.events("PRORDTY").await.len(), 3);
     // Every message seen: a duplicate, answered with the events stored for them.
-    let again = app.post_pagerduty(&body(&["m7", "m5"])).await;
+    let again = app
+        .post_pagerduty(&v2_trigger_with_ids(&["m7", "m5"]))
+        .await;
     assert_eq!(again.status(), 200);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["status"], "duplicate");
@@ -396,13 +404,9 @@ async fn a_v2_body_mixing_stored_and_new_messages_stores_the_new_ones() {
 #[tokio::test]
 async fn a_v2_message_twice_in_one_body_is_stored_once() {
     let app = spawn_app().await;
-    let mut v2: Value = serde_json::from_slice(&fixture_bytes(
-        "pagerduty/v2-messages-incident.trigger.developer-docs.json",
-    ))
-    .unwrap();
-    let message = v2["messages"][0].clone();
-    v2["messages"] = Value::from(vec![message.clone(), message]);
-    let res = app.post_pagerduty(&serde_json::to_vec(&v2).unwrap()).await;
+    let res = app
+        .post_pagerduty(&v2_trigger_with_ids(&["m1", "m1"]))
+        .await;
     assert_eq!(res.status(), 202);
     let json: Value = res.json().await.unwrap();
     assert_eq!(json["event_ids"].as_array().unwrap().len(), 1, "{json}");
@@ -412,12 +416,7 @@ async fn a_v2_message_twice_in_one_body_is_stored_once() {
 #[tokio::test]
 async fn a_v2_message_without_an_id_is_refused_as_it_could_not_be_told_from_another() {
     let app = spawn_app().await;
-    let mut v2: Value = serde_json::from_slice(&fixture_bytes(
-        "pagerduty/v2-messages-incident.trigger.developer-docs.json",
-    ))
-    .unwrap();
-    v2["messages"][0]["id"] = Value::from(" ");
-    let res = app.post_pagerduty(&serde_json::to_vec(&v2).unwrap()).await;
+    let res = app.post_pagerduty(&v2_trigger_with_ids(&[" "])).await;
     assert_eq!(res.status(), 400);
     let json: Value = res.json().await.unwrap();
     assert_eq!(json["error"]["code"], "invalid_payload", "{json}");
