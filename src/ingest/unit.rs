@@ -87,19 +87,12 @@ pub(super) fn apply_submissions(
             if !sub.raw.is_empty() {
                 tx.put_raw(raw_id, &sub.raw)?;
             }
-            let mut event_ids = Vec::with_capacity(sub.events.len());
-            let mut incident_ids = Vec::new();
-            for event in &sub.events {
-                let mut event = event.clone();
-                event.raw_id = (!sub.raw.is_empty()).then_some(raw_id);
-                detect_rollback(tx, &mut event)?;
-                if let Some(id) = attach_event(tx, &mut unit, &mut event)? {
-                    if !incident_ids.contains(&id) {
-                        incident_ids.push(id);
-                    }
-                }
-                event_ids.push(event.id);
-            }
+            let (event_ids, incident_ids) = store_events(
+                tx,
+                &mut unit,
+                sub.events.iter(),
+                (!sub.raw.is_empty()).then_some(raw_id),
+            )?;
             let record = DeliveryRecord {
                 stored_at: now,
                 event_ids: event_ids.clone(),
@@ -161,30 +154,22 @@ fn apply_deliveries<'s>(
     }
     let raw_id = fresh[0].0.id;
     tx.put_raw(raw_id, &sub.raw)?;
-    let mut event_ids = Vec::with_capacity(fresh.len());
-    let mut incident_ids = Vec::new();
-    for (event, key) in fresh {
-        let mut event = event.clone();
-        event.raw_id = Some(raw_id);
-        detect_rollback(tx, &mut event)?;
-        if let Some(id) = attach_event(tx, unit, &mut event)? {
-            if !incident_ids.contains(&id) {
-                incident_ids.push(id);
-            }
-        }
+    let (event_ids, incident_ids) =
+        store_events(tx, unit, fresh.iter().map(|(e, _)| *e), Some(raw_id))?;
+    for ((_, key), id) in fresh.into_iter().zip(&event_ids) {
         tx.put_delivery(
             key,
             &DeliveryRecord {
                 stored_at: unit.now,
-                event_ids: vec![event.id],
+                event_ids: vec![*id],
             },
         )?;
         seen_in_batch.insert(key);
-        event_ids.push(event.id);
     }
     // The body's other keys (messages of types not recorded) name no event.
+    let event_keys: HashSet<&str> = sub.event_keys.iter().map(String::as_str).collect();
     for key in &sub.delivery_keys {
-        if !sub.event_keys.contains(key) && tx.delivery(key)?.is_none() {
+        if !event_keys.contains(key.as_str()) && tx.delivery(key)?.is_none() {
             tx.put_delivery(
                 key,
                 &DeliveryRecord {
@@ -200,6 +185,30 @@ fn apply_deliveries<'s>(
         event_ids,
         incident_ids,
     })
+}
+
+/// Attaches and stores each event (to its incident or the unattached stream), carrying
+/// `raw_id`; returns the events' ids and the incidents they joined, each once.
+fn store_events<'e>(
+    tx: &mut dyn WriteTx,
+    unit: &mut Unit<'_>,
+    events: impl ExactSizeIterator<Item = &'e Event>,
+    raw_id: Option<Ulid>,
+) -> Result<(Vec<Ulid>, Vec<IncidentId>), StoreError> {
+    let mut event_ids = Vec::with_capacity(events.len());
+    let mut incident_ids = Vec::new();
+    for event in events {
+        let mut event = event.clone();
+        event.raw_id = raw_id;
+        detect_rollback(tx, &mut event)?;
+        if let Some(id) = attach_event(tx, unit, &mut event)? {
+            if !incident_ids.contains(&id) {
+                incident_ids.push(id);
+            }
+        }
+        event_ids.push(event.id);
+    }
+    Ok((event_ids, incident_ids))
 }
 
 /// Stores an incident record and keeps the correlation index in step with it.

@@ -425,15 +425,34 @@ impl SledStore {
         Ok(())
     }
 
+    /// An incident's `timeline` entries (seq, key, value) in append order: they are
+    /// filed by time, and the contract (the full list, the export) is append order.
+    fn timeline_by_seq(
+        &self,
+        id: &IncidentId,
+    ) -> Result<Vec<(u64, sled::IVec, sled::IVec)>, StoreError> {
+        let mut entries = self
+            .timeline
+            .scan_prefix(event_prefix(id))
+            .map(|kv| kv.map(|(k, v)| (seq_of_key(&k), k, v)))
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.sort_unstable_by_key(|(seq, _, _)| *seq);
+        Ok(entries)
+    }
+
+    /// Whether schema 2's `events` tree is still there.
+    fn has_v2_events_tree(&self) -> bool {
+        self.db
+            .tree_names()
+            .iter()
+            .any(|n| n == EVENTS_V2.as_bytes())
+    }
+
     /// Removes what schema 2 kept of incident events once schema 3 holds them (after an
     /// upgrade, or on the open after one interrupted while removing): cheap to ask on
     /// every open, a tree name and one index key.
     fn remove_v2_leftovers(&self) -> Result<(), StoreError> {
-        let has_tree = self
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n == EVENTS_V2.as_bytes());
+        let has_tree = self.has_v2_events_tree();
         let has_keys = self
             .index
             .scan_prefix([IX_EVENT_TIME_V2])
@@ -883,17 +902,10 @@ impl Store for SledStore {
     }
 
     fn incident_events(&self, id: &IncidentId) -> Result<Vec<Event>, StoreError> {
-        // Stored by time; the contract is append order.
-        let mut events = self
-            .timeline
-            .scan_prefix(event_prefix(id))
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((seq_of_key(&k), decode(&k, &v)?))
-            })
-            .collect::<Result<Vec<(u64, Event)>, StoreError>>()?;
-        events.sort_by_key(|(seq, _)| *seq);
-        Ok(events.into_iter().map(|(_, e)| e).collect())
+        self.timeline_by_seq(id)?
+            .into_iter()
+            .map(|(_, k, v)| decode(&k, &v))
+            .collect()
     }
 
     fn incident_events_page(
@@ -1169,15 +1181,9 @@ impl Store for SledStore {
             let incident: Incident = decode(&k, &v)?;
             let id = incident.id.clone();
             sink(ExportRecord::Incident(Box::new(incident)))?;
-            // In append order, as PostgreSQL exports them (`timeline` files them by time):
-            // the same data gives the same file whichever store wrote it.
-            let mut events = self
-                .timeline
-                .scan_prefix(event_prefix(&id))
-                .map(|kv| kv.map(|(k, v)| (seq_of_key(&k), k, v)))
-                .collect::<Result<Vec<_>, _>>()?;
-            events.sort_unstable_by_key(|(seq, _, _)| *seq);
-            for (seq, k, v) in events {
+            // In append order, as PostgreSQL exports them: the same data gives the same
+            // file whichever store wrote it.
+            for (seq, k, v) in self.timeline_by_seq(&id)? {
                 sink(ExportRecord::Event {
                     seq,
                     event: Box::new(decode(&k, &v)?),
@@ -1350,11 +1356,7 @@ mod tests {
 
     /// Neither schema 2's `events` tree nor its index keys of incident events are left.
     fn assert_no_v2_leftovers(store: &SledStore) {
-        assert!(!store
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n == EVENTS_V2.as_bytes()));
+        assert!(!store.has_v2_events_tree());
         assert_eq!(store.index.scan_prefix([IX_EVENT_TIME_V2]).count(), 0);
     }
 
